@@ -1,0 +1,3 @@
+"""InferMesh: a GPU- and network-aware control plane for LLM inference and training."""
+
+__version__ = "0.1.0"

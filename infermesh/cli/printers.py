@@ -1,0 +1,366 @@
+"""How objects look on a terminal: kind-specific table columns, ages, JSON/YAML, describe.
+
+Tables are rich tables on a terminal and plain aligned columns otherwise, so pipes and tests get
+text that splits on whitespace (a missing value prints as `<none>`, never as blanks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+NONE = "<none>"
+Obj = dict[str, Any]
+
+
+def dig(obj: Any, path: str) -> Any:
+    """`obj["a"]["b"]` for "a.b", None where anything on the way is missing."""
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def text(value: Any) -> str:
+    if value is None or value == "" or value == [] or value == {}:
+        return NONE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # pydantic floats: 20000.0 reads better as 20000
+    if isinstance(value, list):
+        return ",".join(text(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def parse_time(stamp: str | None) -> datetime | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def age(stamp: str | None, now: datetime | None = None) -> str:
+    """kubectl-style age: 42s, 5m, 3h, 2d."""
+    then = parse_time(stamp)
+    if then is None:
+        return NONE
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def condition(obj: Obj, type_: str) -> Obj | None:
+    for cond in dig(obj, "status.conditions") or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+# --- columns ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    value: Callable[[Obj], Any]
+    wide: bool = False  # only with -o wide
+
+
+def field(header: str, path: str, *, wide: bool = False) -> Column:
+    return Column(header, lambda o: dig(o, path), wide)
+
+
+def _refs(obj: Obj) -> str:
+    cond = condition(obj, "ResolvedRefs")
+    if cond is None:
+        return NONE
+    if cond.get("status") == "True":
+        return "Resolved"
+    return cond.get("reason") or "Unresolved"
+
+
+def _domains(obj: Obj) -> str:
+    doms = dig(obj, "spec.domains") or []
+    return (
+        ",".join(
+            f"{d.get('name')}={d['weight']}" if d.get("weight") is not None else str(d.get("name"))
+            for d in doms
+        )
+        or NONE
+    )
+
+
+def _gpus(obj: Obj) -> str:
+    lo, hi = dig(obj, "spec.elastic.min_gpus"), dig(obj, "spec.elastic.max_gpus")
+    if lo is None and hi is None:
+        return NONE
+    return f"{lo if lo is not None else '?'}-{hi if hi is not None else '?'}"
+
+
+def _parallelism(obj: Obj) -> str:
+    par = dig(obj, "spec.parallelism") or {}
+    return "/".join(f"{k}{v}" for k, v in par.items()) or NONE
+
+
+def node_status(obj: Obj) -> str:
+    """Readiness, then what operators did to the node (kubectl's `Ready,SchedulingDisabled`)."""
+    spec = obj.get("spec") or {}
+    words = []
+    if spec.get("quarantine"):
+        words.append("Quarantined")
+    if spec.get("drain"):
+        words.append("Draining")
+    if spec.get("cordoned"):
+        words.append("Cordoned")
+    ready = (condition(obj, "Ready") or {}).get("status")
+    base = {"True": "Ready", "False": "NotReady"}.get(ready or "", "Unknown")
+    return ",".join([base, *words])
+
+
+def _node_reason(obj: Obj) -> str | None:
+    return dig(obj, "spec.quarantine.reason") or dig(obj, "spec.drain.reason")
+
+
+def _slo(obj: Obj) -> str:
+    slo = dig(obj, "spec.slo") or {}
+    return ",".join(f"{k}={v}" for k, v in slo.items()) or NONE
+
+
+def _age(obj: Obj) -> str:
+    return age(dig(obj, "metadata.creationTimestamp"))
+
+
+COLUMNS: dict[str, list[Column]] = {
+    "Domain": [
+        field("REGION", "spec.residency.region"),
+        field("CELLS", "spec.scope.cells"),
+        field("RTT-BUDGET-MS", "spec.netPolicy.rttBudgetMs"),
+        field("LINK-CLASSES", "spec.netPolicy.allowLinkClasses", wide=True),
+        field("PRIVACY", "spec.residency.privacy", wide=True),
+    ],
+    "NodeClass": [
+        field("GPU", "spec.hardware.gpu"),
+        field("GPUS", "spec.hardware.gpuCount"),
+        field("VRAM-GB", "spec.hardware.vramGB"),
+        field("ENV", "spec.environment.kind"),
+        field("REGION", "spec.environment.region"),
+        field("MIG", "spec.hardware.mig", wide=True),
+        field("NVLINK", "spec.hardware.nvlink", wide=True),
+        field("PROVIDER", "spec.environment.provider", wide=True),
+        field("SPOT", "spec.constraints.spot", wide=True),
+    ],
+    "CapacityPool": [
+        field("SLO-CLASS", "spec.sloClass"),
+        field("QUOTA-GPU-H", "spec.quotaGpuHours"),
+        field("BUDGET-USD", "spec.budgetUSD"),
+        field("MAX-GPUS", "spec.maxGpus", wide=True),
+        field("NODE-CLASSES", "spec.nodeClasses", wide=True),
+        field("DOMAINS", "spec.domains", wide=True),
+    ],
+    "Model": [
+        field("REVISION", "spec.revision"),
+        field("QUANT", "spec.quantization"),
+        field("RUNTIME", "spec.runtime"),
+        field("VRAM-GB", "spec.vramGB"),
+        field("ARTIFACT", "spec.artifact", wide=True),
+    ],
+    "Endpoint": [
+        field("MODEL", "spec.modelRef"),
+        Column("DOMAINS", _domains),
+        field("STRATEGY", "spec.strategy.ref"),
+        Column("REFS", _refs),
+        field("POOL", "spec.capacityPoolRef", wide=True),
+        Column("SLO", _slo, wide=True),
+        field("GEN", "metadata.generation", wide=True),
+    ],
+    "Job": [
+        Column("GPUS", _gpus),
+        field("PAUSED", "spec.paused"),
+        field("POOL", "spec.capacityPoolRef"),
+        Column("PARALLELISM", _parallelism, wide=True),
+        field("STRATEGY", "spec.strategy.ref", wide=True),
+        field("DOMAINS", "spec.constraints.domains", wide=True),
+        Column("REFS", _refs, wide=True),
+    ],
+    "Policy": [
+        field("DOMAINS", "spec.domains"),
+        field("PRIORITY", "spec.priority", wide=True),
+    ],
+    "Strategy": [
+        field("TYPE", "spec.kind"),
+        field("PLUGIN", "spec.plugin"),
+        field("PARAMS", "spec.params", wide=True),
+    ],
+    "Node": [
+        field("DOMAIN", "spec.domain"),
+        field("CLASS", "spec.nodeClassRef"),
+        Column("STATUS", node_status),
+        field("ADDRESS", "spec.address", wide=True),
+        Column("REASON", _node_reason, wide=True),
+    ],
+    "Project": [
+        field("TENANT", "spec.tenant"),
+        field("ORGANIZATION", "spec.organization"),
+    ],
+}
+
+
+def columns_for(kind: str, *, wide: bool, all_projects: bool) -> list[Column]:
+    cols = [field("NAME", "metadata.name")]
+    if all_projects:
+        cols.append(field("PROJECT", "metadata.project"))
+    cols += [c for c in COLUMNS.get(kind, []) if wide or not c.wide]
+    cols.append(Column("AGE", _age))
+    return cols
+
+
+def rows_for(items: Sequence[Obj], cols: Sequence[Column]) -> list[list[str]]:
+    return [[text(c.value(obj)) for c in cols] for obj in items]
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def console() -> Console:
+    """A console on the current stdout (click's test runner swaps it per invocation)."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    out = console()
+    if out.is_terminal:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+        for h in headers:
+            table.add_column(h, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for line in aligned([list(headers), *rows]):
+        click.echo(line)
+
+
+def aligned(rows: Sequence[Sequence[str]], widths: Sequence[int] | None = None) -> list[str]:
+    """Rows as text columns three spaces apart (kubectl's layout)."""
+    widths = widths or column_widths(rows)
+    return [
+        "   ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows
+    ]
+
+
+def column_widths(rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max(len(c) for c in col) for col in zip(*rows, strict=False)] if rows else []
+
+
+def print_objects(items: list[Obj], fmt: str, *, single: bool) -> None:
+    """`-o json|yaml`: the object itself for one, a List for many."""
+    doc: Any = items[0] if single else {"apiVersion": "v1", "kind": "List", "items": items}
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(to_yaml(doc), nl=False)
+
+
+def print_watch_event(type_: str, obj: Obj, fmt: str) -> None:
+    """One watch event per JSON line, or one YAML document each."""
+    doc = {"type": type_, "object": obj}
+    if fmt == "json":
+        click.echo(json.dumps(doc, separators=(",", ":")))
+    else:
+        click.echo("---\n" + to_yaml(doc), nl=False)
+
+
+def to_yaml(doc: Any) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def print_describe(obj: Obj, events: list[Obj]) -> None:
+    """kubectl-describe-like view: metadata, spec as YAML, conditions, recent events."""
+    meta = obj.get("metadata") or {}
+    created = meta.get("creationTimestamp")
+    updated = meta.get("updateTimestamp")
+    pairs = [
+        ("Name", meta.get("name")),
+        ("Kind", obj.get("kind")),
+        ("Project", meta.get("project")),
+        ("Labels", meta.get("labels")),
+        ("Annotations", meta.get("annotations")),
+        ("UID", meta.get("uid")),
+        ("Resource Version", meta.get("resourceVersion")),
+        ("Generation", meta.get("generation")),
+        ("Created", f"{created} ({age(created)} ago)" if created else None),
+        ("Updated", f"{updated} ({age(updated)} ago)" if updated else None),
+    ]
+    for key, value in pairs:
+        click.echo(f"{key + ':':<18}{text(value)}")
+    click.echo("Spec:")
+    click.echo(_indent(to_yaml(obj.get("spec") or {})))
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k != "conditions"}
+    if status:
+        click.echo("Status:")
+        click.echo(_indent(to_yaml(status)))
+    conds = dig(obj, "status.conditions") or []
+    click.echo("Conditions:" + ("" if conds else f"  {NONE}"))
+    if conds:
+        rows = [["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]]
+        rows += [
+            [
+                text(c.get("type")),
+                text(c.get("status")),
+                text(c.get("reason")),
+                age(c.get("lastTransitionTime")),
+                text(c.get("message")),
+            ]
+            for c in conds
+        ]
+        click.echo(_indent("\n".join(aligned(rows))))
+    click.echo("Events:" + ("" if events else f"  {NONE}"))
+    if events:
+        rows = [["AGE", "TYPE", "REASON", "ACTOR", "MESSAGE"]]
+        rows += [
+            [
+                age(e.get("time")),
+                text(e.get("type")),
+                text(e.get("reason")),
+                text(e.get("actor")),
+                text(e.get("message")),
+            ]
+            for e in events
+        ]
+        click.echo(_indent("\n".join(aligned(rows))))
+
+
+def _indent(block: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in block.rstrip("\n").splitlines())
+
+
+def event_row(event: Obj) -> list[str]:
+    """LAST-SEEN TYPE REASON OBJECT MESSAGE, as `events tail` prints them."""
+    ref = f"{str(event.get('kind', '')).lower()}/{event.get('name', '')}"
+    return [
+        text(event.get("time")),
+        text(event.get("type")),
+        text(event.get("reason")),
+        ref,
+        text(event.get("message")),
+    ]
+
+
+EVENT_HEADERS = ["TIME", "TYPE", "REASON", "OBJECT", "MESSAGE"]

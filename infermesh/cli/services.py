@@ -1,0 +1,87 @@
+"""Commands that run parts of the mesh: `up` (all of it) and `api` (the control plane)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from infermesh.cli.common import CliState, pass_state
+from infermesh.context import context_path, infermesh_home, read_context_file
+
+DEFAULT_ETCD = "127.0.0.1:2379"
+
+
+def split_endpoints(value: str) -> list[str]:
+    return [e.strip() for e in value.split(",") if e.strip()]
+
+
+@click.command()
+@click.option("--etcd", help="Use this etcd (host:port[,...]) instead of starting one.")
+@click.option(
+    "--api-port",
+    type=click.IntRange(1, 65535),
+    help="API port (default: 8080 if free, else any free port).",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory (default: $INFERMESH_HOME or ~/.infermesh).",
+)
+@pass_state
+def up(state: CliState, etcd: str | None, api_port: int | None, home: Path | None) -> None:
+    """Run a whole local mesh (etcd, API...) until Ctrl-C; writes the context file."""
+    from infermesh.up import run
+
+    code = run(
+        home=(home or infermesh_home()).expanduser().resolve(),
+        etcd=etcd,
+        api_port=api_port,
+        project=state.project or "default",
+    )
+    raise SystemExit(code)
+
+
+@click.command()
+@click.option(
+    "--etcd", help=f"etcd endpoints host:port[,...] (default: the context's, else {DEFAULT_ETCD})."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--etcd-prefix",
+    default="/infermesh",
+    show_default=True,
+    help="Root of every key; lets several meshes share one etcd.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    help="Larger request bodies get 413.",
+)
+def api(etcd: str | None, host: str, port: int, etcd_prefix: str, max_body_bytes: int) -> None:
+    """Run the control-plane API alone.
+
+    An admin token can be bootstrapped through INFERMESH_BOOTSTRAP_TOKEN (an environment
+    variable, so it never shows in the process list)."""
+    from infermesh.store.api.server import serve
+
+    if etcd:
+        endpoints = split_endpoints(etcd)
+    else:
+        ctx = read_context_file(context_path())
+        endpoints = (ctx.etcd_endpoints if ctx else None) or [DEFAULT_ETCD]
+    serve(
+        etcd_endpoints=endpoints,
+        host=host,
+        port=port,
+        prefix=etcd_prefix,
+        bootstrap_token=os.environ.get("INFERMESH_BOOTSTRAP_TOKEN") or None,
+        max_body_bytes=max_body_bytes,
+    )
+
+
+COMMANDS = [up, api]

@@ -1,0 +1,303 @@
+"""`infermesh up`: the whole local mesh in one command.
+
+Starts etcd (embedded, unless `--etcd` names a cluster), then each service in `services()` as a
+child process, waits for each to be ready, writes the context file and supervises: Ctrl-C or
+SIGTERM stops everything in reverse order; a child that dies takes the rest down with it.
+Later services (router, agents, scheduler, dashboard) are one more `Service` line each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from infermesh.context import Context, context_path, read_context_file, write_context
+from infermesh.store.etcd_server import EmbeddedEtcd, EtcdStartError, free_port
+
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+READY_TIMEOUT = 60.0
+TOKEN_ENV = "INFERMESH_BOOTSTRAP_TOKEN"
+
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One child of `up`, as data: how to start it and how to know it is ready."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of ours; secrets go here
+    ready_url: str | None = None
+    url: str | None = None  # shown to the user
+
+
+@dataclass
+class Child:
+    service: Service
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class Plan:
+    """What `up` will run, decided before anything starts."""
+
+    home: Path
+    etcd_endpoints: list[str]
+    api_port: int
+    token: str
+    embedded_etcd: EmbeddedEtcd | None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+def services(plan: Plan) -> list[Service]:
+    """The mesh's processes in start order (stopped in reverse)."""
+    python = [sys.executable, "-m", "infermesh"]
+    return [
+        Service(
+            "api",
+            [
+                *python,
+                "api",
+                "--etcd",
+                ",".join(plan.etcd_endpoints),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(plan.api_port),
+            ],
+            env={TOKEN_ENV: plan.token},  # never on the command line, where `ps` shows it
+            ready_url=f"{plan.api_url}/readyz",
+            url=plan.api_url,
+        ),
+    ]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def make_plan(home: Path, etcd: str | None, api_port: int | None) -> Plan:
+    etcd_dir = home / "etcd"
+    reused = etcd is not None or (etcd_dir / "data").exists()
+    previous = read_context_file(context_path(home))
+    # The tokens of a reused etcd stay valid; keep the one every shell's context already holds.
+    token = previous.token if reused and previous and previous.token else None
+    if api_port is None:
+        api_port = 8080 if port_is_free(8080) else free_port()
+    return Plan(
+        home=home,
+        etcd_endpoints=[e.strip() for e in etcd.split(",") if e.strip()] if etcd else [],
+        api_port=api_port,
+        token=token or secrets.token_urlsafe(32),
+        embedded_etcd=None if etcd else EmbeddedEtcd(etcd_dir),
+    )
+
+
+class ChildFailed(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.log_dir = plan.home / "logs"
+
+    # lifecycle --------------------------------------------------------------------------
+    def start_etcd(self) -> None:
+        etcd = self.plan.embedded_etcd
+        if etcd is None:
+            return
+        with console.status(f"starting etcd (data in {etcd.data_dir})"):
+            etcd.start()
+        self.plan.etcd_endpoints = etcd.endpoints
+
+    def start(self, service: Service) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{service.name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - open as long as the child runs
+        env = {**os.environ, "INFERMESH_HOME": str(self.plan.home), **service.env}
+        proc = subprocess.Popen(
+            service.argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C reaches only us, and we stop children in order.
+            start_new_session=True,
+        )
+        child = Child(service, proc, log_path, log)
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, child: Child, timeout: float = READY_TIMEOUT) -> None:
+        url = child.service.ready_url
+        if url is None:
+            return
+        deadline = time.monotonic() + timeout
+        with console.status(f"waiting for {child.service.name} ({url})"):
+            while not self.stopping.is_set():
+                self.check(child)
+                try:
+                    if httpx.get(url, timeout=1.0).is_success:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ChildFailed(
+                        f"{child.service.name} (pid {child.pid}) was not ready "
+                        f"within {timeout:.0f}s; log: {child.log_path}\n"
+                        f"{log_tail(child.log_path)}"
+                    )
+                self.stopping.wait(0.1)
+
+    def check(self, child: Child) -> None:
+        code = child.proc.poll()
+        if code is not None and not self.stopping.is_set():
+            raise ChildFailed(
+                f"{child.service.name} (pid {child.pid}) exited with status {code}; "
+                f"log: {child.log_path}\n{log_tail(child.log_path)}"
+            )
+
+    def supervise(self) -> None:
+        """Block until asked to stop; raise ChildFailed when a child dies on its own."""
+        while not self.stopping.wait(0.5):
+            for child in self.children:
+                self.check(child)
+
+    def stop_all(self) -> None:
+        """Reverse start order: SIGTERM, then SIGKILL after the grace period."""
+        self.stopping.set()
+        for child in reversed(self.children):
+            stop_process(child.proc, child.service.name)
+            child.log.close()
+        self.children.clear()
+        if self.plan.embedded_etcd is not None:
+            with console.status("stopping etcd"):
+                self.plan.embedded_etcd.stop()
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM end supervision; they are restored afterwards."""
+
+        def on_signal(signum: int, _frame: object) -> None:
+            self.stopping.set()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+def stop_process(proc: subprocess.Popen[bytes], name: str) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        console.print(
+            f"[yellow]{name} (pid {proc.pid}) ignored SIGTERM for {STOP_GRACE:.0f}s; killing it[/]"
+        )
+        proc.kill()
+        proc.wait()
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read the log: {exc})"
+
+
+def summary(plan: Plan, sup: Supervisor, ctx_file: Path) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    etcd = plan.embedded_etcd
+    if etcd is not None:
+        table.add_row("etcd", f"{etcd.endpoint}\n[dim]pid {etcd.pid} · data {etcd.data_dir}[/]")
+    else:
+        table.add_row("etcd", f"{', '.join(plan.etcd_endpoints)} [dim](external)[/]")
+    for child in sup.children:
+        table.add_row(
+            child.service.name,
+            f"{child.service.url or ''}\n[dim]pid {child.pid} · log {child.log_path}[/]",
+        )
+    table.add_row("context", str(ctx_file))
+    table.add_row("", "")
+    table.add_row("next", "mesh apply -f examples/seed-cheatsheet.yaml")
+    table.add_row("", "mesh get endpoints")
+    table.add_row("", "mesh events tail -f")
+    table.add_row("stop", "Ctrl-C")
+    return Panel(table, title="InferMesh is up", border_style="green", expand=False)
+
+
+def run(
+    *, home: Path, etcd: str | None = None, api_port: int | None = None, project: str = "default"
+) -> int:
+    """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1)."""
+    home.mkdir(parents=True, exist_ok=True)
+    plan = make_plan(home, etcd, api_port)
+    sup = Supervisor(plan)
+    with sup.signals():
+        try:
+            sup.start_etcd()
+            for service in services(plan):
+                if sup.stopping.is_set():
+                    break
+                sup.wait_ready(sup.start(service))
+            if not sup.stopping.is_set():
+                ctx = read_context_file(context_path(home)) or Context()
+                ctx.api_url, ctx.token, ctx.project = plan.api_url, plan.token, project
+                ctx.etcd_endpoints, ctx.router_url, ctx.dask_scheduler = (
+                    plan.etcd_endpoints,
+                    None,
+                    None,
+                )
+                console.print(summary(plan, sup, write_context(ctx, home=home)))
+                sup.supervise()
+        except ChildFailed as exc:
+            console.print(f"[red]error:[/] {exc}\n[red]stopping the mesh[/]")
+            return 1
+        except (EtcdStartError, OSError) as exc:  # say it, then stop whatever did start
+            console.print(f"[red]error:[/] {exc}")
+            return 1
+        finally:
+            sup.stop_all()
+    console.print("InferMesh stopped.")
+    return 0

@@ -1,0 +1,144 @@
+"""What the API process holds: the etcd connection, caches, committer, repository, controller.
+
+Routes reach it through `request.app.state.mesh`. Everything starts and stops with the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from infermesh.errors import Conflict, Forbidden, Unauthorized
+from infermesh.store import auth
+from infermesh.store.committer import Committer, Mutation, new_event_id
+from infermesh.store.etcd import EtcdStore
+from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
+from infermesh.store.reference_controller import ReferenceController
+from infermesh.store.repository import Obj, ObjectRepository, decode, now
+from infermesh.store.watch_cache import WatchCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    etcd_endpoints: list[str]
+    prefix: str = "/infermesh"
+    bootstrap_token: str | None = None
+    max_body_bytes: int = 1 << 20
+    identity: str = "api"
+
+
+def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
+    return auth.Principal.from_json(json.loads(value))
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    keys: KeyLayout = field(init=False)
+    store: EtcdStore = field(init=False)
+    objects: WatchCache[Obj] = field(init=False)
+    tokens: WatchCache[auth.Principal] = field(init=False)
+    committer: Committer = field(init=False)
+    repo: ObjectRepository = field(init=False)
+    controller: ReferenceController = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyLayout(self.settings.prefix)
+        self.store = EtcdStore(self.settings.etcd_endpoints)
+        self.objects = WatchCache(self.store, self.keys.objects(), decode)
+        self.tokens = WatchCache(self.store, self.keys.tokens(), _decode_principal)
+        self.committer = Committer(self.store, self.keys)
+        self.repo = ObjectRepository(self.store, self.keys, self.committer, self.objects)
+        self.controller = ReferenceController(
+            self.store, self.keys, self.repo, identity=self.settings.identity
+        )
+
+    async def start(self) -> None:
+        await self.store.connect()
+        await self.committer.start()
+        await self.objects.start()
+        await self.tokens.start()
+        await asyncio.wait_for(
+            asyncio.gather(self.objects.synced.wait(), self.tokens.synced.wait()), timeout=30
+        )
+        if self.settings.bootstrap_token:
+            await self.ensure_token(
+                self.settings.bootstrap_token,
+                auth.Principal("admin", ("orgAdmin",), ("*",)),
+                actor="system:bootstrap",
+            )
+        await self.controller.start()
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        await self.tokens.stop()
+        await self.objects.stop()
+        await self.committer.stop()
+        await self.store.close()
+
+    # tenancy and auth ----------------------------------------------------------------------
+    def tenant_of(self, project: str) -> str:
+        obj = self.objects.get(self.keys.object("projects", CLUSTER_SCOPE, project))
+        return ((obj or {}).get("spec") or {}).get("tenant") or "default"
+
+    def authenticate(self, request: Request) -> auth.Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' "
+                               "(the token is in your context file or INFERMESH_TOKEN)")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+        principal = self.tokens.get(self.keys.token(auth.token_hash(token.strip())))
+        if principal is None:
+            raise Unauthorized("invalid or revoked token")
+        return principal
+
+    def check(self, principal: auth.Principal, verb: auth.Verb, kind: str, project: str) -> None:
+        auth.check(principal, verb, kind, project, self.tenant_of)
+
+    def require_admin(self, principal: auth.Principal, to: str) -> None:
+        # The audit log and tokens span every project: an org admin's alone.
+        if "orgAdmin" not in principal.roles:
+            raise Forbidden(f"role orgAdmin required to {to} ({principal.subject} has: "
+                            f"{', '.join(principal.roles) or 'no roles'})",
+                            {"requiredRoles": ["orgAdmin"]})
+
+    async def ensure_token(self, token: str, principal: auth.Principal, actor: str) -> bool:
+        """Store a token's principal (hash only); False if that token already exists."""
+        digest = auth.token_hash(token)
+        key = self.keys.token(digest)
+        if self.tokens.get(key) is not None:
+            return False
+        stamp = now()
+        record: dict[str, Any] = {
+            "time": stamp, "actor": actor, "action": "create", "kind": "Token",
+            "project": CLUSTER_SCOPE, "name": principal.subject,
+            "diff": [{"path": "principal", "before": None, "after": principal.to_json()}],
+        }
+        event = {
+            "id": new_event_id(), "time": stamp, "type": "Normal", "reason": "TokenCreated",
+            "kind": "Token", "name": principal.subject, "project": CLUSTER_SCOPE, "actor": actor,
+            "message": f"token for {principal.subject} ({', '.join(principal.roles)}) created",
+        }
+        value = json.dumps({**principal.to_json(), "created": stamp, "createdBy": actor}).encode()
+        try:
+            revision = await self.committer.commit(
+                Mutation(key, value, 0, CLUSTER_SCOPE, event, record)
+            )
+        except Conflict:
+            return False
+        await self.tokens.wait_for(revision)
+        return True
+
+
+def mesh(request: Request) -> ApiState:
+    state: ApiState = request.app.state.mesh
+    return state

@@ -1,0 +1,130 @@
+"""Keeps every object's ResolvedRefs condition true as the objects it names come and go.
+
+A Kubernetes-style controller: the watch cache feeds changes, a reverse index says who refers to
+what, a work queue of keys is reconciled by the one leader among the API replicas. A write already
+sets the condition of the object written; this controller fixes its dependents (an Endpoint whose
+Model is applied later, or deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+from infermesh.errors import MeshError
+from infermesh.model import parse_object
+from infermesh.references import references_of
+from infermesh.store.election import LeaderElection
+from infermesh.store.etcd import EtcdStore
+from infermesh.store.keys import KeyLayout
+from infermesh.store.repository import Obj, ObjectRepository, declared, refs_condition
+from infermesh.store.watch_cache import Change
+
+log = logging.getLogger(__name__)
+
+ACTOR = "system:reference-controller"
+RefKey = tuple[str, str, str]  # (kind, project, name as referred to)
+
+
+class ReferenceController:
+    def __init__(self, store: EtcdStore, keys: KeyLayout, repo: ObjectRepository, *,
+                 identity: str) -> None:
+        self._repo = repo
+        self._election = LeaderElection(store, keys.election("reference-controller"), identity)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._refers: dict[RefKey, set[str]] = defaultdict(set)  # referred-to -> referrer keys
+        self._refs_of: dict[str, list[RefKey]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for key, obj in self._repo.cache.items():
+            self._index(key, obj)
+        self._repo.cache.add_listener(self._on_change)
+        self._task = asyncio.create_task(self._run(), name="reference-controller")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._election.resign()
+
+    # feeding the queue -----------------------------------------------------------------------
+    def _on_change(self, change: Change[Obj]) -> None:
+        obj = change.new or change.old
+        assert obj is not None
+        if change.new is None:
+            self._unindex(change.key)
+        else:
+            self._index(change.key, change.new)
+        if change.type != "MODIFIED":
+            meta = obj["metadata"]
+            name = meta["name"]
+            for ref_name in {name, name.split("@", 1)[0]}:
+                for key in self._refers.get((obj["kind"], meta.get("project", ""), ref_name), ()):
+                    self._enqueue(key)
+
+    def _index(self, key: str, obj: Obj) -> None:
+        self._unindex(key)
+        try:
+            resource = parse_object(declared(obj))
+        except MeshError:
+            return  # stored before a schema change; the object itself reports it when written
+        project = resource.metadata.project
+        refs = [(ref.kind, project, ref.name) for ref in references_of(resource)]
+        self._refs_of[key] = refs
+        for ref in refs:
+            self._refers[ref].add(key)
+
+    def _unindex(self, key: str) -> None:
+        for ref in self._refs_of.pop(key, ()):
+            self._refers[ref].discard(key)
+            if not self._refers[ref]:
+                del self._refers[ref]
+
+    def _enqueue(self, key: str) -> None:
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    # the loop --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._election.campaign()
+                log.info("reference controller: leading")
+                for key in self._refs_of:  # a new leader checks everything once
+                    self._enqueue(key)
+                while self._election.is_leader:
+                    key = await self._queue.get()
+                    self._queued.discard(key)
+                    await self._reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reference controller: %s; retrying", exc)
+                await asyncio.sleep(1)
+
+    async def _reconcile(self, key: str) -> None:
+        obj = self._repo.cache.get(key)
+        if obj is None:
+            return
+        resource = parse_object(declared(obj))
+        want, _ = refs_condition(resource, *self._repo.lookup)
+        have = next((c for c in (obj.get("status") or {}).get("conditions", [])
+                     if c.get("type") == want["type"]), None)
+        if have and have.get("status") == want["status"] and have.get("message") == want["message"]:
+            return
+        meta = resource.metadata
+        try:
+            await self._repo.mutate(
+                obj["kind"], meta.project, meta.name, ACTOR, lambda o: o,
+                action="resolve-references", reason=want["reason"],
+                message=f"{obj['kind']} {meta.name}: {want['message']}",
+            )
+        except MeshError as exc:
+            log.info("reference controller: %s %s: %s", obj["kind"], meta.name, exc)

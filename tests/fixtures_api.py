@@ -1,0 +1,112 @@
+"""Fixtures that run the real control-plane API (`infermesh api`) as a child process on real etcd.
+
+`api` is one server for the session (tests keep apart by project names); `start_api` starts a
+private one, for tests that stop etcd or need an empty store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infermesh.store.auth import new_token
+from infermesh.store.etcd_server import EmbeddedEtcd, free_port
+
+
+@dataclass
+class ApiServer:
+    url: str
+    token: str
+    etcd: EmbeddedEtcd
+    prefix: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(token), timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch_api(etcd: EmbeddedEtcd, log_dir: Path, *, max_body_bytes: int | None = None) -> ApiServer:
+    port = free_port()
+    prefix = f"/t-{uuid.uuid4().hex[:10]}"
+    token = new_token()
+    log = log_dir / f"api-{port}.log"
+    argv = [sys.executable, "-m", "infermesh", "api", "--etcd", etcd.endpoint,
+            "--port", str(port), "--etcd-prefix", prefix]
+    if max_body_bytes:
+        argv += ["--max-body-bytes", str(max_body_bytes)]
+    env = {**os.environ, "INFERMESH_BOOTSTRAP_TOKEN": token}
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = ApiServer(f"http://127.0.0.1:{port}", token, etcd, prefix, process, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"API exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"API did not become ready:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def api(etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = launch_api(etcd, tmp_path_factory.mktemp("api"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiServer]]:
+    """Start private APIs (on a given etcd); all are stopped after the test."""
+    started: list[ApiServer] = []
+
+    def start(etcd: EmbeddedEtcd, **kwargs: int) -> ApiServer:
+        server = launch_api(etcd, tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def private_etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
+    """An etcd of this test's own, for tests that stop or restart it."""
+    etcd = EmbeddedEtcd(tmp_path / "etcd", unsafe_no_fsync=True)
+    etcd.start()
+    yield etcd
+    etcd.stop()
+
+
+@pytest.fixture
+def project() -> str:
+    """A fresh project name, so tests sharing the session API never see each other's objects."""
+    return f"p-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,146 @@
+"""`infermesh up` as a user runs it: the mesh comes up, the CLI finds it through the context
+file, Ctrl-C stops every child, a restart keeps data and token, and a dying child stops the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from infermesh.cli import main
+from infermesh.store.etcd_server import free_port
+
+CHEATSHEET = Path(__file__).resolve().parent.parent / "examples" / "seed-cheatsheet.yaml"
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Up:
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.log = home.parent / f"up-{time.monotonic_ns()}.log"
+        env = {**os.environ, "INFERMESH_HOME": str(home)}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "infermesh", "up", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, since: float) -> dict:
+        """The context file `up` wrote once everything was ready."""
+        path = self.home / "context.json"
+        deadline = time.monotonic() + 90
+        while not (path.exists() and path.stat().st_mtime >= since):
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.2)
+        return json.loads(path.read_text())
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(60)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI in this test reads the context `up` writes here, and nothing else."""
+    monkeypatch.setenv("INFERMESH_HOME", str(tmp_path / "home"))
+    for var in ("INFERMESH_API", "INFERMESH_TOKEN", "INFERMESH_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "home"
+
+
+def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
+    port = free_port()
+    started = time.time() - 1
+    up = Up(home, "--api-port", str(port))
+    try:
+        ctx = up.wait_ready(started)
+        assert ctx["api_url"] == f"http://127.0.0.1:{port}"
+        assert ctx["token"] and ctx["etcd_endpoints"] and ctx["router_url"] is None
+        assert (home / "context.json").stat().st_mode & 0o777 == 0o600
+        assert httpx.get(f"{ctx['api_url']}/readyz").status_code == 200
+        children = children_of(up.proc.pid)
+        assert len(children) == 2  # etcd and the API
+        assert ctx["token"] not in up.output()  # the token is never printed
+
+        runner = CliRunner()
+        first = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
+        assert first.exit_code == 0, first.output
+        assert [line.rsplit(" ", 1)[1] for line in first.stdout.splitlines()] == ["created"] * 5
+        again = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
+        assert [line.rsplit(" ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * 5
+
+        assert up.stop() == 0
+        assert not [pid for pid in children if alive(pid)]
+        assert "InferMesh stopped." in up.output()
+
+        # Same home: same data, same token, so every context that holds it still works.
+        started = time.time()
+        up = Up(home, "--api-port", str(port))
+        assert up.wait_ready(started)["token"] == ctx["token"]
+        listed = runner.invoke(main, ["get", "domains"])
+        assert listed.exit_code == 0 and "edge-eu" in listed.stdout
+        assert up.stop() == 0
+    finally:
+        up.kill()
+
+
+def test_a_dying_child_is_reported_and_stops_the_rest(home: Path) -> None:
+    started = time.time() - 1
+    up = Up(home, "--api-port", str(free_port()))
+    try:
+        up.wait_ready(started)
+        children = children_of(up.proc.pid)
+        api = next(
+            pid for pid in children if "infermesh" in Path(f"/proc/{pid}/cmdline").read_text()
+        )
+        os.kill(api, signal.SIGKILL)
+        assert up.proc.wait(60) == 1
+        assert f"api (pid {api}) exited" in up.output()
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        up.kill()
