@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -24,10 +23,12 @@ from typing import IO
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from infermesh.context import Context, context_path, read_context_file, write_context
+from infermesh.store.auth import new_token
 from infermesh.store.etcd_server import EmbeddedEtcd, EtcdStartError, free_port
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -107,9 +108,9 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def make_plan(home: Path, etcd: str | None, api_port: int | None) -> Plan:
+def make_plan(home: Path, etcd: list[str] | None, api_port: int | None) -> Plan:
     etcd_dir = home / "etcd"
-    reused = etcd is not None or (etcd_dir / "data").exists()
+    reused = bool(etcd) or (etcd_dir / "data").exists()
     previous = read_context_file(context_path(home))
     # The tokens of a reused etcd stay valid; keep the one every shell's context already holds.
     token = previous.token if reused and previous and previous.token else None
@@ -117,9 +118,9 @@ def make_plan(home: Path, etcd: str | None, api_port: int | None) -> Plan:
         api_port = 8080 if port_is_free(8080) else free_port()
     return Plan(
         home=home,
-        etcd_endpoints=[e.strip() for e in etcd.split(",") if e.strip()] if etcd else [],
+        etcd_endpoints=etcd or [],
         api_port=api_port,
-        token=token or secrets.token_urlsafe(32),
+        token=token or new_token(),
         embedded_etcd=None if etcd else EmbeddedEtcd(etcd_dir),
     )
 
@@ -191,9 +192,17 @@ class Supervisor:
                 f"log: {child.log_path}\n{log_tail(child.log_path)}"
             )
 
+    def check_etcd(self) -> None:
+        etcd = self.plan.embedded_etcd
+        if etcd is not None and not etcd.running and not self.stopping.is_set():
+            raise ChildFailed(
+                f"etcd (pid {etcd.pid}) exited; log: {etcd.log_path}\n{log_tail(etcd.log_path)}"
+            )
+
     def supervise(self) -> None:
         """Block until asked to stop; raise ChildFailed when a child dies on its own."""
         while not self.stopping.wait(0.5):
+            self.check_etcd()
             for child in self.children:
                 self.check(child)
 
@@ -268,9 +277,16 @@ def summary(plan: Plan, sup: Supervisor, ctx_file: Path) -> Panel:
 
 
 def run(
-    *, home: Path, etcd: str | None = None, api_port: int | None = None, project: str = "default"
+    *,
+    home: Path,
+    etcd: list[str] | None = None,
+    api_port: int | None = None,
+    project: str | None = None,
 ) -> int:
-    """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1)."""
+    """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1).
+
+    `etcd`: endpoints of an etcd to use instead of starting one; `project`: the context's
+    project (default: the one the context file already names, else `default`)."""
     home.mkdir(parents=True, exist_ok=True)
     plan = make_plan(home, etcd, api_port)
     sup = Supervisor(plan)
@@ -283,19 +299,19 @@ def run(
                 sup.wait_ready(sup.start(service))
             if not sup.stopping.is_set():
                 ctx = read_context_file(context_path(home)) or Context()
-                ctx.api_url, ctx.token, ctx.project = plan.api_url, plan.token, project
-                ctx.etcd_endpoints, ctx.router_url, ctx.dask_scheduler = (
-                    plan.etcd_endpoints,
-                    None,
-                    None,
-                )
+                ctx.api_url, ctx.token = plan.api_url, plan.token
+                ctx.etcd_endpoints = plan.etcd_endpoints
+                ctx.router_url = ctx.dask_scheduler = None  # not run by `up` yet
+                ctx.project = project or ctx.project
                 console.print(summary(plan, sup, write_context(ctx, home=home)))
                 sup.supervise()
         except ChildFailed as exc:
-            console.print(f"[red]error:[/] {exc}\n[red]stopping the mesh[/]")
+            console.print(
+                f"[red]error:[/] {escape(str(exc))}\n[red]stopping the mesh[/]", soft_wrap=True
+            )
             return 1
         except (EtcdStartError, OSError) as exc:  # say it, then stop whatever did start
-            console.print(f"[red]error:[/] {exc}")
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
             return 1
         finally:
             sup.stop_all()

@@ -33,7 +33,7 @@ def seal(record: dict[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
 
 
 def diff(before: Any, after: Any, path: str = "") -> list[dict[str, Any]]:
-    """Field-level differences as `{path, before, after}`, leaves only; ignores server bookkeeping."""
+    """Leaf-level differences as `{path, before, after}`, server bookkeeping left out."""
     if isinstance(before, dict) and isinstance(after, dict):
         out: list[dict[str, Any]] = []
         for key in sorted(set(before) | set(after)):
@@ -90,21 +90,37 @@ def verify(records: list[dict[str, Any]], head: dict[str, Any] | None) -> Verify
     for expected_seq, record in enumerate(records, start=1):
         seq = record.get("seq")
         if seq != expected_seq:
-            return VerifyResult(False, len(records), prev, expected_seq,
-                                f"record {expected_seq} is missing (found seq {seq})")
+            return VerifyResult(
+                False,
+                len(records),
+                prev,
+                expected_seq,
+                f"record {expected_seq} is missing (found seq {seq})",
+            )
         if record.get("prev_hash") != prev:
-            return VerifyResult(False, len(records), prev, seq,
-                                f"record {seq} does not link to record {seq - 1}")
+            return VerifyResult(
+                False, len(records), prev, seq, f"record {seq} does not link to record {seq - 1}"
+            )
         if record_hash(record) != record.get("hash"):
-            return VerifyResult(False, len(records), prev, seq,
-                                f"record {seq} was altered: its content does not match its hash")
+            return VerifyResult(
+                False,
+                len(records),
+                prev,
+                seq,
+                f"record {seq} was altered: its content does not match its hash",
+            )
         prev = record["hash"]
     count = len(records)
     if head is None:
         if count:
             return VerifyResult(False, count, prev, count, "audit head is missing")
     elif head.get("seq") != count or head.get("hash") != prev:
-        return VerifyResult(False, count, prev, head.get("seq"),
-                            f"audit head (seq {head.get('seq')}) does not match the last record "
-                            f"(seq {count}): records were removed")
+        return VerifyResult(
+            False,
+            count,
+            prev,
+            head.get("seq"),
+            f"audit head (seq {head.get('seq')}) does not match the last record "
+            f"(seq {count}): records were removed",
+        )
     return VerifyResult(True, count, prev)

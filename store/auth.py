@@ -69,7 +69,9 @@ class Principal:
         }
 
     def sees_project(self, project: str, tenant_of: Callable[[str], str]) -> bool:
-        return "*" in self.projects or project in self.projects or tenant_of(project) in self.tenants
+        return (
+            "*" in self.projects or project in self.projects or tenant_of(project) in self.tenants
+        )
 
 
 def validate_principal(data: dict[str, Any]) -> Principal:
@@ -82,15 +84,18 @@ def validate_principal(data: dict[str, Any]) -> Principal:
         raise Invalid("roles: required, a non-empty list", {"field": "roles"})
     for role in roles:
         if role not in ROLES:
-            raise Invalid(f"roles: unknown role {role!r}; valid roles: {', '.join(ROLES)}",
-                          {"field": "roles"})
+            raise Invalid(
+                f"roles: unknown role {role!r}; valid roles: {', '.join(ROLES)}", {"field": "roles"}
+            )
     for name in ("projects", "tenants"):
         value = data.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise Invalid(f"{name}: a list of names", {"field": name})
     if not data.get("projects") and not data.get("tenants"):
-        raise Invalid("projects: give the projects (or tenants) the token may touch, or '*'",
-                      {"field": "projects"})
+        raise Invalid(
+            "projects: give the projects (or tenants) the token may touch, or '*'",
+            {"field": "projects"},
+        )
     return Principal.from_json(data)
 
 

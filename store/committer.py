@@ -40,7 +40,9 @@ class Mutation:
     project: str
     event: dict[str, Any]
     audit: dict[str, Any]
-    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 def new_event_id() -> str:
@@ -90,7 +92,9 @@ class Committer:
             try:
                 await self._commit_batch(batch)
             except Exception as exc:  # the loop must outlive any one failure
-                err = exc if isinstance(exc, MeshError) else EtcdUnavailable(f"commit failed: {exc}")
+                err = (
+                    exc if isinstance(exc, MeshError) else EtcdUnavailable(f"commit failed: {exc}")
+                )
                 for m in batch:
                     if not m.done.done():
                         m.done.set_exception(err)
@@ -128,7 +132,9 @@ class Committer:
             success.append(Op.put(self._keys.audit_record(seq), audit.canonical(record)))
             event_key = self._keys.event(m.project, m.event["id"])
             success.append(Op.put(event_key, json.dumps(m.event).encode(), lease=lease))
-        success.append(Op.put(self._keys.audit_head, json.dumps({"seq": seq, "hash": prev}).encode()))
+        success.append(
+            Op.put(self._keys.audit_head, json.dumps({"seq": seq, "hash": prev}).encode())
+        )
         try:
             result = await self._store.txn(compares, success)
         except LeaseNotFound:
@@ -155,7 +161,9 @@ class Committer:
         what = f"{m.audit.get('kind')} {m.audit.get('name')!r} in project {m.project!r}"
         current = await self._store.get(m.key)
         if m.expected_mod_revision == 0 and current is not None:
-            return Conflict(f"{what} already exists", {"resourceVersion": str(current.mod_revision)})
+            return Conflict(
+                f"{what} already exists", {"resourceVersion": str(current.mod_revision)}
+            )
         if current is None:
             return NotFound(f"{what} not found (deleted meanwhile)")
         return Conflict(

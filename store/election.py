@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from infermesh.errors import EtcdUnavailable
-from infermesh.store.etcd import Compare, EtcdStore, KeyValue, Lease, Op
+from infermesh.store.etcd import Compare, EtcdStore, KeyValue, Lease, LeaseNotFound, Op
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class LeaderElection:
                 except EtcdUnavailable as exc:
                     log.warning("election %s: %s; campaigning on", self.key, exc)
                     await asyncio.sleep(1)
+                except LeaseNotFound:  # our lease expired while we waited: take a new one
+                    await self._release()
         except BaseException:
             if not self.is_leader:
                 await self._release()
@@ -92,10 +94,8 @@ class LeaderElection:
         if result.succeeded:
             self._won(result.revision)
             return True
-        holders = result.responses[0]
-        assert isinstance(holders, list)
-        if not holders:  # deleted between the compare and the get: try again
-            return False
+        holders = result.responses[0]  # the compare failed, so the key exists
+        assert isinstance(holders, list) and holders
         if holders[0].lease == self._lease.id:  # our earlier try was applied but its answer lost
             self._won(holders[0].create_revision)
             return True
@@ -106,8 +106,9 @@ class LeaderElection:
         assert self._lease is not None
         self._revision = revision
         self.lost.clear()
-        self._monitor = asyncio.create_task(self._watch_leadership(self._lease, revision),
-                                            name=f"election {self.key}")
+        self._monitor = asyncio.create_task(
+            self._watch_leadership(self._lease, revision), name=f"election {self.key}"
+        )
         log.info("election %s: %s leads", self.key, self.identity)
 
     async def _release(self) -> None:

@@ -33,20 +33,7 @@ from etcd3aio import (
     EtcdTransientError,
     prefix_range_end,
 )
-from etcd3aio._protobuf import (
-    Compare as PbCompare,
-)
-from etcd3aio._protobuf import (
-    DeleteRangeRequest,
-    PutRequest,
-    RangeRequest,
-    RequestOp,
-    ResponseOp,
-    TxnResponse,
-    WatchCreateRequest,
-    WatchRequest,
-    WatchStub,
-)
+from etcd3aio import _protobuf as rpc
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
@@ -73,7 +60,6 @@ _WATCH_BACKOFF_MAX = 2.0
 # returns. Big pages of big objects exceed the default 4 MiB receive limit.
 _CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 ]
@@ -132,18 +118,19 @@ class TxnResult:
 
 
 _COMPARE_RESULTS = {
-    "==": PbCompare.EQUAL,
-    "!=": PbCompare.NOT_EQUAL,
-    "<": PbCompare.LESS,
-    ">": PbCompare.GREATER,
+    "==": rpc.Compare.EQUAL,
+    "!=": rpc.Compare.NOT_EQUAL,
+    "<": rpc.Compare.LESS,
+    ">": rpc.Compare.GREATER,
 }
 
 
-def _result(op: CompareOp) -> int:
+def _compare(key: str, op: CompareOp, target: int, **expected: int | bytes) -> rpc.Compare:
     try:
-        return _COMPARE_RESULTS[op]
+        result = _COMPARE_RESULTS[op]
     except KeyError:
         raise ValueError(f"compare operator must be one of ==, !=, <, >; got {op!r}") from None
+    return rpc.Compare(result=result, target=target, key=key.encode(), **expected)
 
 
 class Compare:
@@ -152,29 +139,25 @@ class Compare:
 
     __slots__ = ("pb",)
 
-    def __init__(self, pb: PbCompare) -> None:
+    def __init__(self, pb: rpc.Compare) -> None:
         self.pb = pb
 
     @classmethod
     def mod_revision(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(PbCompare(result=_result(op), target=PbCompare.MOD, key=key.encode(),
-                             mod_revision=value))
+        return cls(_compare(key, op, rpc.Compare.MOD, mod_revision=value))
 
     @classmethod
     def create_revision(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(PbCompare(result=_result(op), target=PbCompare.CREATE, key=key.encode(),
-                             create_revision=value))
+        return cls(_compare(key, op, rpc.Compare.CREATE, create_revision=value))
 
     @classmethod
     def version(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(PbCompare(result=_result(op), target=PbCompare.VERSION, key=key.encode(),
-                             version=value))
+        return cls(_compare(key, op, rpc.Compare.VERSION, version=value))
 
     @classmethod
     def value(cls, key: str, op: CompareOp, value: bytes | str) -> Compare:
         """Note: etcd fails a value compare on a missing key whatever the operator."""
-        return cls(PbCompare(result=_result(op), target=PbCompare.VALUE, key=key.encode(),
-                             value=_bytes(value)))
+        return cls(_compare(key, op, rpc.Compare.VALUE, value=_bytes(value)))
 
 
 class Op:
@@ -182,21 +165,24 @@ class Op:
 
     __slots__ = ("pb",)
 
-    def __init__(self, pb: RequestOp) -> None:
+    def __init__(self, pb: rpc.RequestOp) -> None:
         self.pb = pb
 
     @classmethod
     def put(cls, key: str, value: bytes | str, lease: int = 0) -> Op:
-        return cls(RequestOp(request_put=PutRequest(key=key.encode(), value=_bytes(value),
-                                                    lease=lease)))
+        return cls(
+            rpc.RequestOp(
+                request_put=rpc.PutRequest(key=key.encode(), value=_bytes(value), lease=lease)
+            )
+        )
 
     @classmethod
     def delete(cls, key: str) -> Op:
-        return cls(RequestOp(request_delete_range=DeleteRangeRequest(key=key.encode())))
+        return cls(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode())))
 
     @classmethod
     def get(cls, key: str) -> Op:
-        return cls(RequestOp(request_range=RangeRequest(key=key.encode())))
+        return cls(rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())))
 
 
 class Lease:
@@ -247,8 +233,9 @@ class Lease:
                 remaining = await self._store._keepalive_once(self.id)
             except EtcdUnavailable as exc:
                 if loop.time() - confirmed_at > self.ttl:
-                    log.warning("lease %x lost: etcd unreachable for over %ss (%s)",
-                                self.id, self.ttl, exc)
+                    log.warning(
+                        "lease %x lost: etcd unreachable for over %ss (%s)", self.id, self.ttl, exc
+                    )
                     break
                 delay = min(interval, 1.0)  # the lease is running out: retry sooner
                 continue
@@ -278,17 +265,13 @@ class EtcdStore:
         self._client: Etcd3Client | None = None
         self._kv: KVService
         self._lease: LeaseService
-        self._watch: WatchStub
+        self._watch: rpc.WatchStub
         self._closed = False
         self._leases: set[Lease] = set()
 
     @property
     def endpoints(self) -> list[str]:
         return list(self._endpoints)
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -302,7 +285,7 @@ class EtcdStore:
         await client.connect()
         assert client.kv is not None and client.lease is not None and client._channel is not None
         self._client, self._kv, self._lease = client, client.kv, client.lease
-        self._watch = WatchStub(client._channel)
+        self._watch = rpc.WatchStub(client._channel)
         self._closed = False
 
     async def close(self) -> None:
@@ -342,9 +325,15 @@ class EtcdStore:
         items: list[KeyValue] = []
         while True:
             # Pages are read at the first page's revision, so the listing is one snapshot.
-            resp = await self._call(self._kv.get(
-                start, range_end=end, revision=revision, limit=_PAGE_SIZE, timeout=self._timeout,
-            ))
+            resp = await self._call(
+                self._kv.get(
+                    start,
+                    range_end=end,
+                    revision=revision,
+                    limit=_PAGE_SIZE,
+                    timeout=self._timeout,
+                )
+            )
             if revision == 0:
                 revision = resp.header.revision
             items.extend(_kv(kv) for kv in resp.kvs)  # etcd returns ranges in key order
@@ -368,14 +357,16 @@ class EtcdStore:
     # -- writes -----------------------------------------------------------------------------------
     async def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
         """Write unconditionally; returns the new mod revision."""
-        resp = await self._call(self._kv.put(key.encode(), _bytes(value), lease,
-                                             timeout=self._timeout))
+        resp = await self._call(
+            self._kv.put(key.encode(), _bytes(value), lease, timeout=self._timeout)
+        )
         return int(resp.header.revision)
 
     async def create(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
         """Write `key` only if it does not exist (else `Conflict`); returns its mod revision."""
-        resp = await self._txn([Compare.mod_revision(key, "==", 0).pb],
-                               [Op.put(key, value, lease).pb], ())
+        resp = await self._txn(
+            [Compare.mod_revision(key, "==", 0).pb], [Op.put(key, value, lease).pb], ()
+        )
         if not resp.succeeded:
             raise Conflict(f"{key} already exists", {"key": key})
         return int(resp.header.revision)
@@ -400,8 +391,9 @@ class EtcdStore:
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key under `prefix`; returns how many there were."""
         start = prefix.encode()
-        resp = await self._call(self._kv.delete(start, prefix_range_end(start),
-                                                timeout=self._timeout))
+        resp = await self._call(
+            self._kv.delete(start, prefix_range_end(start), timeout=self._timeout)
+        )
         return int(resp.deleted)
 
     async def txn(
@@ -411,10 +403,14 @@ class EtcdStore:
         failure: Sequence[Op] | None = None,
     ) -> TxnResult:
         """Run `success` if every compare holds, else `failure`, atomically at one revision."""
-        resp = await self._txn([c.pb for c in compares], [o.pb for o in success],
-                               [o.pb for o in failure] if failure else ())
-        return TxnResult(resp.succeeded, int(resp.header.revision),
-                         [_op_response(r) for r in resp.responses])
+        resp = await self._txn(
+            [c.pb for c in compares],
+            [o.pb for o in success],
+            [o.pb for o in failure] if failure else (),
+        )
+        return TxnResult(
+            resp.succeeded, int(resp.header.revision), [_op_response(r) for r in resp.responses]
+        )
 
     async def compact(self, revision: int) -> None:
         """Drop history before `revision`; watches resuming from earlier get a RESYNC."""
@@ -447,10 +443,15 @@ class EtcdStore:
         backoff = _WATCH_BACKOFF_MIN
         broken = False
         while True:
-            create = WatchCreateRequest(key=key, range_end=range_end, start_revision=next_rev,
-                                        prev_kv=prev_kv, progress_notify=progress_notify)
+            create = rpc.WatchCreateRequest(
+                key=key,
+                range_end=range_end,
+                start_revision=next_rev,
+                prev_kv=prev_kv,
+                progress_notify=progress_notify,
+            )
             try:
-                call = self._watch.Watch(_hold_open(WatchRequest(create_request=create)))
+                call = self._watch.Watch(_hold_open(rpc.WatchRequest(create_request=create)))
             except grpc.aio.UsageError as exc:  # the channel was closed under us
                 raise self._error(exc) from exc
             try:
@@ -462,8 +463,10 @@ class EtcdStore:
                         yield [WatchEvent("RESYNC", prefix, b"", int(resp.compact_revision))]
                         return
                     if resp.canceled:
-                        raise MeshError(f"etcd canceled the watch on {prefix}: "
-                                        f"{resp.cancel_reason or 'no reason given'}")
+                        raise MeshError(
+                            f"etcd canceled the watch on {prefix}: "
+                            f"{resp.cancel_reason or 'no reason given'}"
+                        )
                     if resp.events:
                         # The filter only matters if etcd ever replays: a change is never repeated.
                         batch = [_event(ev) for ev in resp.events if ev.kv.mod_revision >= next_rev]
@@ -474,12 +477,21 @@ class EtcdStore:
                         yield [WatchEvent("PROGRESS", prefix, b"", int(resp.header.revision))]
                         next_rev = max(next_rev, resp.header.revision + 1)
                 # The stream ended without an error (etcd shutting down): resume like after one.
+            except asyncio.CancelledError:
+                if self._closed_under_us():
+                    raise self._unavailable("this EtcdStore is closed") from None
+                raise
             except grpc.aio.AioRpcError as exc:
                 if self._closed or exc.code() in _FATAL_WATCH_CODES:
                     raise self._error(exc) from exc
                 if not broken:
-                    log.warning("watch on %s broke (%s: %s); resuming from revision %d",
-                                prefix, exc.code().name, exc.details(), next_rev)
+                    log.warning(
+                        "watch on %s broke (%s: %s); resuming from revision %d",
+                        prefix,
+                        exc.code().name,
+                        exc.details(),
+                        next_rev,
+                    )
             finally:
                 call.cancel()
             broken = True
@@ -503,10 +515,7 @@ class EtcdStore:
         except grpc.aio.UsageError as exc:
             raise self._error(exc) from exc
         try:
-            async with asyncio.timeout(self._timeout):
-                resp = await call.read()
-        except (grpc.aio.AioRpcError, TimeoutError) as exc:
-            raise self._error(exc) from exc
+            resp = await self._call(asyncio.wait_for(call.read(), self._timeout))
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
@@ -516,15 +525,18 @@ class EtcdStore:
     # -- internals --------------------------------------------------------------------------------
     async def _txn(
         self,
-        compares: Sequence[PbCompare],
-        success: Sequence[RequestOp],
-        failure: Sequence[RequestOp],
-    ) -> TxnResponse:
+        compares: Sequence[rpc.Compare],
+        success: Sequence[rpc.RequestOp],
+        failure: Sequence[rpc.RequestOp],
+    ) -> rpc.TxnResponse:
         return await self._call(self._kv.txn(compares, success, failure, timeout=self._timeout))
 
     async def _guarded(self, key: str, op: Op, expected: int | None) -> int:
-        cond = (Compare.version(key, ">", 0) if expected is None
-                else Compare.mod_revision(key, "==", expected))
+        cond = (
+            Compare.version(key, ">", 0)
+            if expected is None
+            else Compare.mod_revision(key, "==", expected)
+        )
         resp = await self._txn([cond.pb], [op.pb], [Op.get(key).pb])
         if resp.succeeded:
             return int(resp.header.revision)
@@ -542,6 +554,16 @@ class EtcdStore:
             return await call
         except (EtcdError, grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError) as exc:
             raise self._error(exc) from exc
+        except asyncio.CancelledError:
+            if self._closed_under_us():
+                raise self._unavailable("this EtcdStore is closed") from None
+            raise
+
+    def _closed_under_us(self) -> bool:
+        """True if a CancelledError came from `close()` ending our call, not from our task being
+        cancelled (gRPC reports calls ended by closing the channel as cancelled)."""
+        task = asyncio.current_task()
+        return self._closed and task is not None and not task.cancelling()
 
     def _error(self, exc: BaseException) -> MeshError:
         """Our error for whatever etcd3aio or gRPC raised."""
@@ -560,7 +582,7 @@ class EtcdStore:
             return RevisionCompacted(f"etcd refused the request: {detail}")
         if "lease not found" in detail:
             return LeaseNotFound(f"etcd refused the request: {detail}")
-        if "request is too large" in detail:
+        if "request is too large" in detail or "larger than max" in detail:  # etcd's, gRPC's
             return PayloadTooLarge(f"etcd refused the request: {detail}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return BadRequest(f"etcd refused the request: {detail}")
@@ -568,29 +590,34 @@ class EtcdStore:
 
     def _unavailable(self, why: str) -> EtcdUnavailable:
         where = ", ".join(self._endpoints)
-        return EtcdUnavailable(f"etcd at {where} is unavailable: {why}",
-                               {"endpoints": list(self._endpoints)})
+        return EtcdUnavailable(
+            f"etcd at {where} is unavailable: {why}", {"endpoints": list(self._endpoints)}
+        )
 
 
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def _kv(pb: Any) -> KeyValue:  # an mvccpb.KeyValue
-    return KeyValue(pb.key.decode(), pb.value, pb.create_revision, pb.mod_revision, pb.version,
-                    pb.lease)
+def _kv(kv: Any) -> KeyValue:  # an mvccpb.KeyValue
+    return KeyValue(
+        kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
+    )
 
 
 def _event(ev: Any) -> WatchEvent:  # an mvccpb.Event
     kv = ev.kv
     return WatchEvent(
         "DELETE" if ev.type else "PUT",
-        kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision,
+        kv.key.decode(),
+        kv.value,
+        kv.mod_revision,
+        kv.create_revision,
         ev.prev_kv.value if ev.HasField("prev_kv") else None,
     )
 
 
-def _op_response(resp: ResponseOp) -> list[KeyValue] | int | None:
+def _op_response(resp: rpc.ResponseOp) -> list[KeyValue] | int | None:
     kind = resp.WhichOneof("response")
     if kind == "response_range":
         return [_kv(kv) for kv in resp.response_range.kvs]
@@ -599,7 +626,7 @@ def _op_response(resp: ResponseOp) -> list[KeyValue] | int | None:
     return None
 
 
-async def _hold_open(request: WatchRequest) -> AsyncIterator[WatchRequest]:
+async def _hold_open(request: rpc.WatchRequest) -> AsyncIterator[rpc.WatchRequest]:
     yield request
     await asyncio.Event().wait()  # ending the request stream would end the watch
 
@@ -622,8 +649,9 @@ async def _resolve(endpoints: list[str]) -> list[str]:
             ipaddress.IPv4Address(host)
         except ValueError:
             try:
-                infos = await loop.getaddrinfo(host, int(port), family=socket.AF_INET,
-                                               type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(
+                    host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
             except OSError as exc:
                 raise EtcdUnavailable(f"etcd at {endpoint} is unavailable: {exc}") from exc
             host = infos[0][4][0]

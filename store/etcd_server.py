@@ -173,22 +173,24 @@ class EmbeddedEtcd:
 
     def _command(self) -> list[str]:
         peer_url = f"http://127.0.0.1:{self._peer_port}"
-        cmd = [
-            str(etcd_binary()),
-            "--name", self.name,
-            "--data-dir", str(self.data_dir / "data"),
-            "--listen-client-urls", self.client_url,
-            "--advertise-client-urls", self.client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
+        flags = {
+            "--name": self.name,
+            "--data-dir": str(self.data_dir / "data"),
+            "--listen-client-urls": self.client_url,
+            "--advertise-client-urls": self.client_url,
+            "--listen-peer-urls": peer_url,
+            "--initial-advertise-peer-urls": peer_url,
             # Ignored by etcd once the data directory holds a member, so restarts reuse the data.
-            "--initial-cluster", f"{self.name}={peer_url}",
-            "--initial-cluster-state", "new",
-            "--auto-compaction-mode", "periodic",
-            "--auto-compaction-retention", self.auto_compaction_retention,
+            "--initial-cluster": f"{self.name}={peer_url}",
+            "--initial-cluster-state": "new",
+            "--auto-compaction-mode": "periodic",
+            "--auto-compaction-retention": self.auto_compaction_retention,
             # How often watchers that ask for progress hear "you are current" (default 10 min).
-            "--experimental-watch-progress-notify-interval", "5s",
-        ]
+            "--experimental-watch-progress-notify-interval": "5s",
+        }
+        cmd = [str(etcd_binary())]
+        for flag, value in flags.items():
+            cmd += [flag, value]
         if self.unsafe_no_fsync:
             cmd.append("--unsafe-no-fsync")
         return cmd
@@ -205,6 +207,9 @@ class EmbeddedEtcd:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
+            # Its own session: a terminal's Ctrl-C reaches our supervisor, which stops etcd
+            # last, not etcd at the same moment as everything that depends on it.
+            start_new_session=True,
         )
 
     def _wait_healthy(self, timeout: float) -> None:
@@ -239,5 +244,5 @@ class EmbeddedEtcd:
         except OSError as exc:
             return f"(cannot read the log: {exc})"
         # Only this start's output: the log is appended to across restarts.
-        text = text[max(text.rfind(_START_MARK), 0):]
+        text = text[max(text.rfind(_START_MARK), 0) :]
         return "\n".join(text.splitlines()[-lines:])

@@ -29,8 +29,9 @@ RefKey = tuple[str, str, str]  # (kind, project, name as referred to)
 
 
 class ReferenceController:
-    def __init__(self, store: EtcdStore, keys: KeyLayout, repo: ObjectRepository, *,
-                 identity: str) -> None:
+    def __init__(
+        self, store: EtcdStore, keys: KeyLayout, repo: ObjectRepository, *, identity: str
+    ) -> None:
         self._repo = repo
         self._election = LeaderElection(store, keys.election("reference-controller"), identity)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -100,14 +101,31 @@ class ReferenceController:
                 for key in self._refs_of:  # a new leader checks everything once
                     self._enqueue(key)
                 while self._election.is_leader:
-                    key = await self._queue.get()
-                    self._queued.discard(key)
-                    await self._reconcile(key)
+                    key = await self._next_key()
+                    if key is not None:
+                        await self._reconcile(key)
+                log.info("reference controller: lost leadership")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("reference controller: %s; retrying", exc)
                 await asyncio.sleep(1)
+
+    async def _next_key(self) -> str | None:
+        """The next key to reconcile, or None as soon as leadership is lost."""
+        get = asyncio.ensure_future(self._queue.get())
+        lost = asyncio.ensure_future(self._election.lost.wait())
+        try:
+            await asyncio.wait((get, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not get.done():
+                get.cancel()
+        if not get.done() or get.cancelled():
+            return None
+        key = get.result()
+        self._queued.discard(key)
+        return key
 
     async def _reconcile(self, key: str) -> None:
         obj = self._repo.cache.get(key)
@@ -115,16 +133,28 @@ class ReferenceController:
             return
         resource = parse_object(declared(obj))
         want, _ = refs_condition(resource, *self._repo.lookup)
-        have = next((c for c in (obj.get("status") or {}).get("conditions", [])
-                     if c.get("type") == want["type"]), None)
+        have = next(
+            (
+                c
+                for c in (obj.get("status") or {}).get("conditions", [])
+                if c.get("type") == want["type"]
+            ),
+            None,
+        )
         if have and have.get("status") == want["status"] and have.get("message") == want["message"]:
             return
         meta = resource.metadata
         try:
             await self._repo.mutate(
-                obj["kind"], meta.project, meta.name, ACTOR, lambda o: o,
-                action="resolve-references", reason=want["reason"],
+                obj["kind"],
+                meta.project,
+                meta.name,
+                ACTOR,
+                lambda o: o,
+                action="resolve-references",
+                reason=want["reason"],
                 message=f"{obj['kind']} {meta.name}: {want['message']}",
+                warning=want["status"] != "True",
             )
         except MeshError as exc:
             log.info("reference controller: %s %s: %s", obj["kind"], meta.name, exc)

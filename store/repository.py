@@ -91,7 +91,12 @@ def prepare(desired: Obj, current: Obj | None, refs_condition: dict[str, Any] | 
     meta["updateTimestamp"] = stamp
     if refs_condition is not None:
         status["conditions"] = merge_condition(status.get("conditions") or [], refs_condition)
-    out = {"apiVersion": "v1", "kind": desired["kind"], "metadata": meta, "spec": desired.get("spec")}
+    out = {
+        "apiVersion": "v1",
+        "kind": desired["kind"],
+        "metadata": meta,
+        "spec": desired.get("spec"),
+    }
     if status:
         out["status"] = status
     return out
@@ -160,7 +165,10 @@ class ObjectRepository:
     def names(self, kind: str, project: str) -> list[str]:
         cls = kind_for(kind)
         scope = CLUSTER_SCOPE if cls.cluster_scoped else project
-        return [obj["metadata"]["name"] for _, obj in self.cache.items(self._keys.objects(cls.plural, scope))]
+        return [
+            obj["metadata"]["name"]
+            for _, obj in self.cache.items(self._keys.objects(cls.plural, scope))
+        ]
 
     def list(self, kind: str, project: str | None) -> list[Obj]:
         cls = kind_for(kind)
@@ -185,6 +193,7 @@ class ObjectRepository:
         message: str,
         warnings: list[str],
         reason: str | None = None,
+        warning: bool = False,
     ) -> int:
         subject = new if new is not None else before
         assert subject is not None
@@ -193,7 +202,7 @@ class ObjectRepository:
         event = {
             "id": new_event_id(),
             "time": now(),
-            "type": "Warning" if warnings else "Normal",
+            "type": "Warning" if warnings or warning else "Normal",
             "reason": reason or action.capitalize(),
             "kind": subject["kind"],
             "name": meta["name"],
@@ -218,19 +227,35 @@ class ObjectRepository:
         await self.cache.wait_for(revision)
         return revision
 
-    async def create(self, resource: Resource, actor: str, lookup: Lookup | None = None,
-                     ) -> WriteResult:
+    async def create(
+        self,
+        resource: Resource,
+        actor: str,
+        lookup: Lookup | None = None,
+    ) -> WriteResult:
         desired = resource.to_dict()
         key = self.key_of(desired["kind"], resource.metadata.project, resource.metadata.name)
         cond, warnings = refs_condition(resource, *(lookup or self.lookup))
         new = prepare(desired, None, cond)
-        rev = await self._write(key, new, 0, actor, "create", None,
-                                f"{desired['kind']} {resource.metadata.name} created", warnings,
-                                reason="Created")
+        rev = await self._write(
+            key,
+            new,
+            0,
+            actor,
+            "create",
+            None,
+            f"{desired['kind']} {resource.metadata.name} created",
+            warnings,
+            reason="Created",
+        )
         return WriteResult(_with_rv(new, rev), "created", warnings)
 
-    async def apply(self, resource: Resource, actor: str, lookup: Lookup | None = None,
-                    ) -> WriteResult:
+    async def apply(
+        self,
+        resource: Resource,
+        actor: str,
+        lookup: Lookup | None = None,
+    ) -> WriteResult:
         """Create or bring in line with the manifest; `unchanged` writes nothing."""
         desired = resource.to_dict()
         key = self.key_of(desired["kind"], resource.metadata.project, resource.metadata.name)
@@ -246,9 +271,17 @@ class ObjectRepository:
                 return WriteResult(current, "unchanged", warnings)
             new = prepare(desired, current, cond)
             try:
-                new_rev = await self._write(key, new, rev, actor, "update", current,
-                                            f"{desired['kind']} {resource.metadata.name} configured",
-                                            warnings, reason="Configured")
+                new_rev = await self._write(
+                    key,
+                    new,
+                    rev,
+                    actor,
+                    "update",
+                    current,
+                    f"{desired['kind']} {resource.metadata.name} configured",
+                    warnings,
+                    reason="Configured",
+                )
             except Conflict:
                 continue
             return WriteResult(_with_rv(new, new_rev), "configured", warnings)
@@ -260,25 +293,45 @@ class ObjectRepository:
         key = self.key_of(desired["kind"], resource.metadata.project, resource.metadata.name)
         current, rev = await self._read(key)
         if current is None:
-            raise NotFound(f"{desired['kind']} {resource.metadata.name!r} not found in project "
-                           f"{resource.metadata.project!r}")
+            raise NotFound(
+                f"{desired['kind']} {resource.metadata.name!r} not found in project "
+                f"{resource.metadata.project!r}"
+            )
         expected = _expected_revision(resource.metadata.resourceVersion, rev)
         cond, warnings = refs_condition(resource, *self.lookup)
         new = prepare(desired, current, cond)
-        new_rev = await self._write(key, new, expected, actor, "update", current,
-                                    f"{desired['kind']} {resource.metadata.name} replaced", warnings,
-                                    reason="Updated")
+        new_rev = await self._write(
+            key,
+            new,
+            expected,
+            actor,
+            "update",
+            current,
+            f"{desired['kind']} {resource.metadata.name} replaced",
+            warnings,
+            reason="Updated",
+        )
         return WriteResult(_with_rv(new, new_rev), "configured", warnings)
 
-    async def delete(self, kind: str, project: str, name: str, actor: str,
-                     resource_version: str | None = None) -> WriteResult:
+    async def delete(
+        self, kind: str, project: str, name: str, actor: str, resource_version: str | None = None
+    ) -> WriteResult:
         key = self.key_of(kind, project, name)
         current, rev = await self._read(key)
         if current is None:
             raise NotFound(f"{kind} {name!r} not found in project {project!r}")
         expected = _expected_revision(resource_version, rev)
-        await self._write(key, None, expected, actor, "delete", current,
-                          f"{kind} {name} deleted", [], reason="Deleted")
+        await self._write(
+            key,
+            None,
+            expected,
+            actor,
+            "delete",
+            current,
+            f"{kind} {name} deleted",
+            [],
+            reason="Deleted",
+        )
         return WriteResult(current, "deleted", [])
 
     async def mutate(
@@ -292,6 +345,7 @@ class ObjectRepository:
         action: str,
         message: str,
         reason: str,
+        warning: bool = False,
     ) -> WriteResult:
         """Read-modify-write with retries: `change` gets a copy of the stored object and returns
         it with a new spec or labels; the result is re-validated, so an action can never store an
@@ -308,8 +362,9 @@ class ObjectRepository:
             try:
                 # The event is about the action; missing references were reported when the
                 # spec was written and live on in the ResolvedRefs condition.
-                new_rev = await self._write(key, new, rev, actor, action, current, message, [],
-                                            reason=reason)
+                new_rev = await self._write(
+                    key, new, rev, actor, action, current, message, [], reason, warning
+                )
             except Conflict:
                 continue
             return WriteResult(_with_rv(new, new_rev), action, warnings)
@@ -326,13 +381,22 @@ def _expected_revision(given: str | None, stored: int) -> int:
     try:
         return int(given)
     except ValueError:
-        raise Invalid(f"metadata.resourceVersion: not a resource version: {given!r}",
-                      {"field": "metadata.resourceVersion"}) from None
+        raise Invalid(
+            f"metadata.resourceVersion: not a resource version: {given!r}",
+            {"field": "metadata.resourceVersion"},
+        ) from None
 
 
 def declared(obj: Obj) -> Obj:
     """Object as a user would declare it (status and server bookkeeping dropped) for validation."""
-    meta = {k: v for k, v in obj["metadata"].items()
-            if k in ("name", "project", "labels", "annotations")}
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
-            "spec": obj.get("spec")}
+    meta = {
+        k: v
+        for k, v in obj["metadata"].items()
+        if k in ("name", "project", "labels", "annotations")
+    }
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": meta,
+        "spec": obj.get("spec"),
+    }

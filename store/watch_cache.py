@@ -137,8 +137,15 @@ class WatchCache(Generic[T]):
                     new = self._decode(event.key, event.value, event.mod_revision)
                     old = self._items.get(event.key)
                     self._set(event.key, new)
-                    self._emit(Change("MODIFIED" if old is not None else "ADDED",
-                                      event.key, old, new, event.mod_revision))
+                    self._emit(
+                        Change(
+                            "MODIFIED" if old is not None else "ADDED",
+                            event.key,
+                            old,
+                            new,
+                            event.mod_revision,
+                        )
+                    )
                 elif event.type == "DELETE":
                     old = self._unset(event.key)
                     if old is not None:

@@ -48,13 +48,25 @@ class ApiServer:
                 self.process.wait()
 
 
-def launch_api(etcd: EmbeddedEtcd, log_dir: Path, *, max_body_bytes: int | None = None) -> ApiServer:
+def launch_api(
+    etcd: EmbeddedEtcd, log_dir: Path, *, max_body_bytes: int | None = None
+) -> ApiServer:
     port = free_port()
     prefix = f"/t-{uuid.uuid4().hex[:10]}"
     token = new_token()
     log = log_dir / f"api-{port}.log"
-    argv = [sys.executable, "-m", "infermesh", "api", "--etcd", etcd.endpoint,
-            "--port", str(port), "--etcd-prefix", prefix]
+    argv = [
+        sys.executable,
+        "-m",
+        "infermesh",
+        "api",
+        "--etcd",
+        etcd.endpoint,
+        "--port",
+        str(port),
+        "--etcd-prefix",
+        prefix,
+    ]
     if max_body_bytes:
         argv += ["--max-body-bytes", str(max_body_bytes)]
     env = {**os.environ, "INFERMESH_BOOTSTRAP_TOKEN": token}

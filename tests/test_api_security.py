@@ -26,8 +26,12 @@ def test_missing_and_bad_tokens_get_401_and_write_nothing(api: ApiServer, projec
     r = httpx.post(f"{api.url}/v1/domains", params={"project": project}, json=DOMAIN)
     assert r.status_code == 401
     assert "missing bearer token" in r.json()["error"]["message"]
-    r = httpx.post(f"{api.url}/v1/domains", params={"project": project}, json=DOMAIN,
-                   headers={"Authorization": "Bearer imt_nope"})
+    r = httpx.post(
+        f"{api.url}/v1/domains",
+        params={"project": project},
+        json=DOMAIN,
+        headers={"Authorization": "Bearer imt_nope"},
+    )
     assert r.status_code == 401 and "invalid" in r.json()["error"]["message"]
     with api.client() as c:
         assert c.get("/v1/domains", params={"project": project}).json()["items"] == []
@@ -41,10 +45,16 @@ def test_roles_are_checked_on_every_mutation(api: ApiServer, project: str) -> No
         assert denied.status_code == 403
         message = denied.json()["error"]["message"]
         assert "platformAdmin" in message and "val has: viewer" in message
-        assert v.post("/v1/apply", params={"project": project},
-                      json={"items": [DOMAIN]}).status_code == 403
-        assert v.post("/v1/tokens", json={"subject": "x", "roles": ["orgAdmin"],
-                                          "projects": ["*"]}).status_code == 403
+        assert (
+            v.post("/v1/apply", params={"project": project}, json={"items": [DOMAIN]}).status_code
+            == 403
+        )
+        assert (
+            v.post(
+                "/v1/tokens", json={"subject": "x", "roles": ["orgAdmin"], "projects": ["*"]}
+            ).status_code
+            == 403
+        )
     owner = mint(api, ["jobOwner"], [project], "jo")
     with api.client(owner) as j:
         r = j.post("/v1/domains", params={"project": project}, json=DOMAIN)
@@ -60,13 +70,17 @@ def test_token_requests_are_validated(api: ApiServer) -> None:
         assert r.status_code == 422 and "superuser" in r.json()["error"]["message"]
 
 
-def test_audit_chain_verifies_and_detects_tampering(etcd: EmbeddedEtcd, start_api: Callable[..., ApiServer],
-                                                   project: str) -> None:
+def test_audit_chain_verifies_and_detects_tampering(
+    etcd: EmbeddedEtcd, start_api: Callable[..., ApiServer], project: str
+) -> None:
     api = start_api(etcd)  # its own prefix: tampering here breaks no other test's chain
     with api.client() as c:
         c.post("/v1/domains", params={"project": project}, json=DOMAIN)
-        c.patch("/v1/domains/edge-eu", params={"project": project},
-                json={"spec": {"netPolicy": {"rttBudgetMs": 5}}})
+        c.patch(
+            "/v1/domains/edge-eu",
+            params={"project": project},
+            json={"spec": {"netPolicy": {"rttBudgetMs": 5}}},
+        )
         records = c.get("/v1/audit", params={"limit": 5}).json()["items"]
         mine = [r for r in records if r.get("project") == project]
         assert [r["action"] for r in mine][:2] == ["update", "create"]

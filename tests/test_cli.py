@@ -333,40 +333,51 @@ def test_stale_reads_warn_and_still_succeed(
     assert "etcd" in failed(CliRunner().invoke(main, [*argv, "domain", "create", "lost"]))
 
 
-def test_get_watch_streams_changes_until_ctrl_c(api: ApiServer, project: str) -> None:
-    env = {**os.environ, "INFERMESH_HOME": "/nonexistent"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "infermesh",
-            "--api",
-            api.url,
-            "--token",
-            api.token,
-            "-p",
-            project,
-            "get",
-            "domains",
-            "-w",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+class Streaming:
+    """A CLI command that runs until Ctrl-C, in its own process, read line by line."""
+
+    def __init__(self, api: ApiServer, project: str, *args: str) -> None:
+        argv = [sys.executable, "-m", "infermesh", "--api", api.url, "--token", api.token]
+        self.proc = subprocess.Popen(
+            [*argv, "-p", project, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "INFERMESH_HOME": "/nonexistent"},
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next_words(self, n: int = 2) -> list[str]:
+        return self.lines.get(timeout=15).split()[:n]
+
+    def interrupt(self) -> None:
+        """Ctrl-C ends it quietly with status 0."""
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(15) == 0
+        assert self.proc.stderr is not None and "Traceback" not in self.proc.stderr.read()
+
+
+def test_get_watch_and_events_follow_stream_until_ctrl_c(api: ApiServer, project: str) -> None:
+    watch = Streaming(api, project, "get", "domains", "-w")
+    follow = Streaming(api, project, "events", "tail", "-f")
     try:
-        assert lines.get(timeout=15).split()[:2] == ["EVENT", "NAME"]
+        assert watch.next_words() == ["EVENT", "NAME"]
+        assert follow.next_words() == ["TIME", "TYPE"]
         with MeshClient(api.url, api.token, project=project) as c:
-            c.create({"apiVersion": "v1", "kind": "Domain", "metadata": {"name": "w1"}, "spec": {}})
-            assert lines.get(timeout=15).split()[:2] == ["ADDED", "w1"]
+            c.create({"apiVersion": "v1", "kind": "Domain", "metadata": {"name": "w1"}})
+            assert watch.next_words() == ["ADDED", "w1"]
+            assert follow.next_words(4)[1:] == ["Normal", "Created", "domain/w1"]
             c.delete("domains", "w1")
-            assert lines.get(timeout=15).split()[:2] == ["DELETED", "w1"]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+            assert watch.next_words() == ["DELETED", "w1"]
+            assert follow.next_words(4)[1:] == ["Normal", "Deleted", "domain/w1"]
+        watch.interrupt()
+        follow.interrupt()
     finally:
-        proc.kill()
+        watch.proc.kill()
+        follow.proc.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infermesh.errors import Conflict, EtcdUnavailable, NotFound
+from infermesh.errors import Conflict, EtcdUnavailable, NotFound, PayloadTooLarge
 from infermesh.store.etcd import (
     Compare,
     EtcdStore,
@@ -35,8 +35,9 @@ def own_etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
 
 
 @contextlib.asynccontextmanager
-async def collecting(store: EtcdStore, prefix: str, start: int, **kwargs: bool
-                     ) -> AsyncIterator[list[WatchEvent]]:
+async def collecting(
+    store: EtcdStore, prefix: str, start: int, **kwargs: bool
+) -> AsyncIterator[list[WatchEvent]]:
     """Watch `prefix` in a background task, appending every event to the yielded list."""
     events: list[WatchEvent] = []
 
@@ -69,7 +70,13 @@ async def test_crud_round_trip(store: EtcdStore, etcd_prefix: str) -> None:
     kv = await store.get(key)
     assert kv is not None
     assert (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease) == (
-        key, b"one", created, created, 1, 0)
+        key,
+        b"one",
+        created,
+        created,
+        1,
+        0,
+    )
 
     updated = await store.update(key, b"two", expected_mod_revision=created)
     assert updated > created
@@ -300,8 +307,12 @@ async def test_calls_fail_fast_while_etcd_is_down_and_recover_on_their_own(
         await store.put("/outage/k", b"v")
         own_etcd.stop()
 
-        for call in (store.get("/outage/k"), store.put("/outage/k", b"w"),
-                     store.list_prefix("/outage/"), store.grant_lease(5)):
+        for call in (
+            store.get("/outage/k"),
+            store.put("/outage/k", b"w"),
+            store.list_prefix("/outage/"),
+            store.grant_lease(5),
+        ):
             with pytest.raises(EtcdUnavailable, match=own_etcd.endpoint):
                 # The store's own timeout must end it: this bound is only a safety net.
                 await asyncio.wait_for(call, timeout * 5)
@@ -315,12 +326,19 @@ async def test_calls_fail_fast_while_etcd_is_down_and_recover_on_their_own(
         assert kv is not None and kv.value == b"v"
 
 
-async def test_a_closed_store_says_so() -> None:
-    store = EtcdStore(["127.0.0.1:1"])
+async def test_closing_the_store_ends_its_watches_and_calls(
+    etcd: EmbeddedEtcd, etcd_prefix: str
+) -> None:
+    store = EtcdStore(etcd.endpoints)
     await store.connect()
+    watch = store.watch_prefix(etcd_prefix, await store.revision() + 1)
+    pending = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0.2)  # the watch is open and waiting
     await store.close()
     with pytest.raises(EtcdUnavailable, match="closed"):
-        await store.get("/k")
+        await asyncio.wait_for(pending, WAIT)
+    with pytest.raises(EtcdUnavailable, match="closed"):
+        await store.get(etcd_prefix + "k")
 
 
 # -- leases -------------------------------------------------------------------------------------
@@ -364,3 +382,25 @@ async def test_keepalive_reports_a_revoked_lease_as_lost(
     finally:
         await lease.close()
     assert await store.get(etcd_prefix + "k") is None
+
+
+async def test_a_lease_is_lost_when_etcd_is_away_longer_than_its_ttl(
+    own_etcd: EmbeddedEtcd,
+) -> None:
+    async with EtcdStore(own_etcd.endpoints, timeout=1.0) as store:
+        lease = await store.grant_lease(2)
+        lease.start_keepalive()
+        try:
+            await asyncio.to_thread(own_etcd.stop)
+            await asyncio.wait_for(lease.lost.wait(), WAIT)
+        finally:
+            await lease.close()
+
+
+async def test_a_value_over_etcds_request_limit_is_payload_too_large(
+    store: EtcdStore, etcd_prefix: str
+) -> None:
+    for size_mib in (1.6, 3):  # etcd refuses the first, its gRPC server the second
+        with pytest.raises(PayloadTooLarge):
+            await store.put(etcd_prefix + "big", b"x" * int(size_mib * 1024 * 1024))
+    assert await store.get(etcd_prefix + "big") is None

@@ -129,18 +129,23 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         up.kill()
 
 
-def test_a_dying_child_is_reported_and_stops_the_rest(home: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "argv_part"), [("api", "infermesh\0api"), ("etcd", "etcdbin/etcd")]
+)
+def test_a_dying_child_is_reported_and_stops_the_rest(
+    home: Path, name: str, argv_part: str
+) -> None:
     started = time.time() - 1
     up = Up(home, "--api-port", str(free_port()))
     try:
         up.wait_ready(started)
         children = children_of(up.proc.pid)
-        api = next(
-            pid for pid in children if "infermesh" in Path(f"/proc/{pid}/cmdline").read_text()
+        victim = next(
+            pid for pid in children if argv_part in Path(f"/proc/{pid}/cmdline").read_text()
         )
-        os.kill(api, signal.SIGKILL)
+        os.kill(victim, signal.SIGKILL)
         assert up.proc.wait(60) == 1
-        assert f"api (pid {api}) exited" in up.output()
+        assert f"{name} (pid {victim}) exited" in up.output()
         assert not [pid for pid in children if alive(pid)]
     finally:
         up.kill()

@@ -26,13 +26,5 @@ def main(ctx: click.Context, api: str | None, token: str | None, project: str | 
     ctx.obj = CliState(api=api, token=token, project=project)
 
 
-for command in (
-    objects.apply,
-    objects.get,
-    objects.describe,
-    objects.delete,
-    *actions.COMMANDS,
-    *observe.COMMANDS,
-    *services.COMMANDS,
-):
+for command in (*objects.COMMANDS, *actions.COMMANDS, *observe.COMMANDS, *services.COMMANDS):
     main.add_command(command)

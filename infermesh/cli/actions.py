@@ -24,10 +24,9 @@ reason_option = click.option("--reason", default="", help="Why (kept in events a
 
 def _act(
     state: CliState, plural: str, name: str, verb: str, body: dict[str, Any], done: str
-) -> dict[str, Any]:
+) -> None:
     obj = state.client.action(plural, name, verb, body)
-    click.echo(f"{obj.get('kind', plural).lower()}/{name} {done}")
-    return obj
+    click.echo(f"{obj['kind'].lower()}/{name} {done}")
 
 
 def _apply_only(state: CliState, files: tuple[str, ...], kind: str, dry_run: bool) -> None:

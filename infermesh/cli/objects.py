@@ -68,7 +68,9 @@ def get(
     all_projects: bool,
     selector: str | None,
 ) -> None:
-    """List objects of a KIND (plural or alias: ep, nodes, job...), or show one by NAME."""
+    """List objects of a kind, or show one.
+
+    KIND is a kind, plural or alias (Endpoint, endpoints, ep); NAME picks one object."""
     client = state.client
     kind = kind_name(kind)
     if name and all_projects:
@@ -90,8 +92,11 @@ def get(
     elif output in ("json", "yaml"):
         print_objects(items, output, single=bool(name))
     elif not items:
-        where = "any project" if all_projects else f"project {state.context.project!r}"
-        warn(f"No {kind_for(kind).plural} found in {where}.")
+        cls = kind_for(kind)
+        where = f" in project {state.context.project!r}"
+        if cls.cluster_scoped or all_projects:
+            where = "" if cls.cluster_scoped else " in any project"
+        warn(f"No {cls.plural} found{where}.")
     else:
         print_table([c.header for c in cols], rows_for(items, cols))
 
@@ -138,11 +143,12 @@ def _watch(
 @click.argument("name")
 @pass_state
 def describe(state: CliState, kind: str, name: str) -> None:
-    """Show one object: metadata, spec, conditions and its recent events."""
+    """Show one object in detail, with its recent events."""
     kind = kind_name(kind)
     obj = state.client.get(kind, name)
     stale_warning(obj.stale)
-    project = obj["metadata"].get("project")
+    # Cluster-scoped objects (Project) belong to no project: look for their events in all.
+    project = obj["metadata"].get("project") or "*"
     events = state.client.events(kind=kind, name=name, project=project, limit=20)
     print_describe(dict(obj), events)
 
@@ -159,3 +165,6 @@ def delete(state: CliState, kind: str, name: str, yes: bool) -> None:
     confirm(f"delete {ref} in project {state.context.project!r}", yes=yes)
     state.client.delete(kind, name)
     click.echo(f"{ref} deleted")
+
+
+COMMANDS = [apply, get, describe, delete]

@@ -75,7 +75,7 @@ def tail(
         "project": "*" if all_projects else state.context.project,
     }
     client = state.client
-    recent = client.events(**filters, limit=max(lines, 1)) if lines or follow else []
+    recent = client.events(**filters, limit=max(lines, 1))  # newest first
     shown = list(reversed(recent[:lines]))
     rows = [event_row(e) for e in shown]
     widths = column_widths([EVENT_HEADERS, *rows])
@@ -105,7 +105,7 @@ def tail(
 def _echo_event(line: str, warning: bool) -> None:
     out = console()
     if out.is_terminal:
-        out.print(line, style="yellow" if warning else None, markup=False)
+        out.print(line, style="yellow" if warning else None, markup=False, soft_wrap=True)
     else:
         click.echo(line)
 
@@ -265,7 +265,7 @@ def token_create(
 @pass_state
 def whoami(state: CliState, output: str) -> None:
     """Who the API takes you for, and where."""
-    me = dict(state.client.whoami())
+    me = state.client.whoami()
     ctx = state.context
     if output == "json":
         click.echo(json.dumps({**me, "api": ctx.api_url, "project": ctx.project}, indent=2))

@@ -138,9 +138,43 @@ def _node_reason(obj: Obj) -> str | None:
     return dig(obj, "spec.quarantine.reason") or dig(obj, "spec.drain.reason")
 
 
-def _slo(obj: Obj) -> str:
-    slo = dig(obj, "spec.slo") or {}
-    return ",".join(f"{k}={v}" for k, v in slo.items()) or NONE
+def _artifacts(obj: Obj) -> str:
+    return ",".join(f"{a.get('type')}:{a.get('uri')}" for a in dig(obj, "spec.artifacts") or [])
+
+
+def _traffic_split(obj: Obj) -> str:
+    split = dig(obj, "spec.trafficSplit") or []
+    return ",".join(f"{e.get('modelRef')}={e.get('weight')}" for e in split) or NONE
+
+
+def _pins(obj: Obj) -> str:
+    pins = dig(obj, "spec.pins") or []
+    return (
+        ",".join(
+            f"node:{p['node']}" if p.get("node") else f"domain:{p.get('domain')}" for p in pins
+        )
+        or NONE
+    )
+
+
+def _targets(obj: Obj) -> str:
+    """`Endpoint/chat-pro`, `Node[tier=gold]`; no targets means the whole project."""
+    targets = dig(obj, "spec.appliesTo") or []
+    return (
+        ",".join(
+            f"{t.get('kind')}/{t['name']}"
+            if t.get("name")
+            else f"{t.get('kind')}[{text(t.get('matchLabels'))}]"
+            for t in targets
+        )
+        or "project"
+    )
+
+
+def _policy_sections(obj: Obj) -> str:
+    """Which behaviours the policy sets (placement, rollout, ...)."""
+    spec = obj.get("spec") or {}
+    return ",".join(k for k, v in spec.items() if k != "appliesTo" and v) or NONE
 
 
 def _age(obj: Obj) -> str:
@@ -176,10 +210,12 @@ COLUMNS: dict[str, list[Column]] = {
     ],
     "Model": [
         field("REVISION", "spec.revision"),
-        field("QUANT", "spec.quantization"),
-        field("RUNTIME", "spec.runtime"),
+        field("QUANT", "spec.quant"),
+        field("RUNTIME", "spec.runtime.name"),
         field("VRAM-GB", "spec.vramGB"),
-        field("ARTIFACT", "spec.artifact", wide=True),
+        field("PUBLISHED", "spec.published"),
+        field("CONTEXT", "spec.contextLength", wide=True),
+        Column("ARTIFACTS", _artifacts, wide=True),
     ],
     "Endpoint": [
         field("MODEL", "spec.modelRef"),
@@ -187,7 +223,9 @@ COLUMNS: dict[str, list[Column]] = {
         field("STRATEGY", "spec.strategy.ref"),
         Column("REFS", _refs),
         field("POOL", "spec.capacityPoolRef", wide=True),
-        Column("SLO", _slo, wide=True),
+        field("SLO", "spec.slo", wide=True),
+        Column("SPLIT", _traffic_split, wide=True),
+        Column("PINS", _pins, wide=True),
         field("GEN", "metadata.generation", wide=True),
     ],
     "Job": [
@@ -195,17 +233,21 @@ COLUMNS: dict[str, list[Column]] = {
         field("PAUSED", "spec.paused"),
         field("POOL", "spec.capacityPoolRef"),
         Column("PARALLELISM", _parallelism, wide=True),
+        field("TARGET-GPUS", "spec.targetGpus", wide=True),
         field("STRATEGY", "spec.strategy.ref", wide=True),
         field("DOMAINS", "spec.constraints.domains", wide=True),
         Column("REFS", _refs, wide=True),
     ],
     "Policy": [
-        field("DOMAINS", "spec.domains"),
-        field("PRIORITY", "spec.priority", wide=True),
+        Column("APPLIES-TO", _targets),
+        Column("SETS", _policy_sections),
+        field("PRIORITY-CLASS", "spec.priority.className", wide=True),
+        field("STRATEGY", "spec.strategy.ref", wide=True),
     ],
     "Strategy": [
         field("TYPE", "spec.kind"),
         field("PLUGIN", "spec.plugin"),
+        field("ENTRY-POINT", "spec.entryPoint", wide=True),
         field("PARAMS", "spec.params", wide=True),
     ],
     "Node": [
@@ -248,9 +290,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     if out.is_terminal:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
         for h in headers:
-            table.add_column(h, overflow="fold")
+            table.add_column(h, no_wrap=True)
         for row in rows:
             table.add_row(*row)
+        # Like kubectl, never squeeze or fold cells: a wide table runs past the terminal's edge.
+        widths = column_widths([list(headers), *rows])
+        out.width = max(out.width, sum(widths) + 3 * len(widths))
         out.print(table)
         return
     for line in aligned([list(headers), *rows]):
@@ -332,7 +377,7 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
         ]
         click.echo(_indent("\n".join(aligned(rows))))
     click.echo("Events:" + ("" if events else f"  {NONE}"))
-    if events:
+    if events:  # oldest first, as kubectl describe shows them
         rows = [["AGE", "TYPE", "REASON", "ACTOR", "MESSAGE"]]
         rows += [
             [
@@ -342,7 +387,7 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
                 text(e.get("actor")),
                 text(e.get("message")),
             ]
-            for e in events
+            for e in reversed(events)
         ]
         click.echo(_indent("\n".join(aligned(rows))))
 
@@ -352,7 +397,7 @@ def _indent(block: str, prefix: str = "  ") -> str:
 
 
 def event_row(event: Obj) -> list[str]:
-    """LAST-SEEN TYPE REASON OBJECT MESSAGE, as `events tail` prints them."""
+    """One row under EVENT_HEADERS."""
     ref = f"{str(event.get('kind', '')).lower()}/{event.get('name', '')}"
     return [
         text(event.get("time")),

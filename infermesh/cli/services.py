@@ -9,6 +9,7 @@ import click
 
 from infermesh.cli.common import CliState, pass_state
 from infermesh.context import context_path, infermesh_home, read_context_file
+from infermesh.up import run
 
 DEFAULT_ETCD = "127.0.0.1:2379"
 
@@ -31,14 +32,15 @@ def split_endpoints(value: str) -> list[str]:
 )
 @pass_state
 def up(state: CliState, etcd: str | None, api_port: int | None, home: Path | None) -> None:
-    """Run a whole local mesh (etcd, API...) until Ctrl-C; writes the context file."""
-    from infermesh.up import run
+    """Run a whole local mesh until Ctrl-C.
 
+    Starts etcd (unless --etcd) and the API, then writes the context file every client
+    reads."""
     code = run(
         home=(home or infermesh_home()).expanduser().resolve(),
-        etcd=etcd,
+        etcd=split_endpoints(etcd) if etcd else None,
         api_port=api_port,
-        project=state.project or "default",
+        project=state.project,
     )
     raise SystemExit(code)
 
@@ -67,7 +69,7 @@ def api(etcd: str | None, host: str, port: int, etcd_prefix: str, max_body_bytes
 
     An admin token can be bootstrapped through INFERMESH_BOOTSTRAP_TOKEN (an environment
     variable, so it never shows in the process list)."""
-    from infermesh.store.api.server import serve
+    from infermesh.store.api.server import serve  # fastapi and uvicorn: only when serving
 
     if etcd:
         endpoints = split_endpoints(etcd)

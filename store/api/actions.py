@@ -30,8 +30,9 @@ def _reason(body: dict[str, Any], required: bool) -> str:
     if reason is not None and not isinstance(reason, str):
         raise Invalid("reason: must be a string", {"field": "reason"})
     if required and not (reason or "").strip():
-        raise Invalid("reason: required for this action (say why, for the audit log)",
-                      {"field": "reason"})
+        raise Invalid(
+            "reason: required for this action (say why, for the audit log)", {"field": "reason"}
+        )
     return (reason or "").strip()
 
 
@@ -58,8 +59,11 @@ def drain_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     reason = _reason(body, False)
     obj["spec"]["cordoned"] = True  # a draining node takes no new work
     obj["spec"]["drain"] = {
-        "reason": reason, "actor": actor, "requestedAt": now(),
-        "timeoutSeconds": _int(body, "timeoutSeconds", 300), "force": bool(body.get("force", False)),
+        "reason": reason,
+        "actor": actor,
+        "requestedAt": now(),
+        "timeoutSeconds": _int(body, "timeoutSeconds", 300),
+        "force": bool(body.get("force", False)),
     }
     return obj, f"drain requested by {actor}" + (f": {reason}" if reason else "")
 
@@ -81,34 +85,47 @@ def unquarantine_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, 
 def traffic_split(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     split = body.get("split", body.get("trafficSplit"))
     if not isinstance(split, list) or not split:
-        raise Invalid('split: required, e.g. [{"modelRef": "chat-70b@q4", "weight": 90}, ...]',
-                      {"field": "split"})
+        raise Invalid(
+            'split: required, e.g. [{"modelRef": "chat-70b@q4", "weight": 90}, ...]',
+            {"field": "split"},
+        )
     obj["spec"]["trafficSplit"] = split
-    shown = ", ".join(f"{s.get('modelRef')}={s.get('weight')}" for s in split if isinstance(s, dict))
+    shown = ", ".join(
+        f"{s.get('modelRef')}={s.get('weight')}" for s in split if isinstance(s, dict)
+    )
     return obj, f"traffic split set to {shown} by {actor}"
 
 
 def pin(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     pins = body.get("pins")
     if not isinstance(pins, list):
-        raise Invalid('pins: required, a list like [{"node": "n1"}, {"domain": "edge-eu"}] '
-                      "([] removes all pins)", {"field": "pins"})
+        raise Invalid(
+            'pins: required, a list like [{"node": "n1"}, {"domain": "edge-eu"}] '
+            "([] removes all pins)",
+            {"field": "pins"},
+        )
     obj["spec"]["pins"] = pins
     return obj, f"pins set to {pins} by {actor}"
 
 
 def drain_endpoint(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     reason = _reason(body, False)
-    obj["spec"]["drain"] = {"reason": reason, "actor": actor, "requestedAt": now(),
-                            "timeoutSeconds": _int(body, "timeoutSeconds", 300)}
+    obj["spec"]["drain"] = {
+        "reason": reason,
+        "actor": actor,
+        "requestedAt": now(),
+        "timeoutSeconds": _int(body, "timeoutSeconds", 300),
+    }
     return obj, f"drain requested by {actor}" + (f": {reason}" if reason else "")
 
 
 def quarantine_endpoint_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     node = body.get("node")
     if not isinstance(node, str) or not node:
-        raise Invalid("node: required, the node whose replica stops getting this endpoint's "
-                      "traffic", {"field": "node"})
+        raise Invalid(
+            "node: required, the node whose replica stops getting this endpoint's traffic",
+            {"field": "node"},
+        )
     reason = _reason(body, True)
     entries = [q for q in obj["spec"].get("quarantinedNodes") or [] if q.get("node") != node]
     entries.append({"node": node, "reason": reason, "actor": actor, "since": now()})
@@ -171,8 +188,10 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
     action = ACTIONS.get((plural, verb))
     if action is None:
         verbs = sorted(v for p, v in ACTIONS if p == plural)
-        raise NotFound(f"{cls.__name__} has no action {verb!r}"
-                       + (f"; actions: {', '.join(verbs)}" if verbs else ""))
+        raise NotFound(
+            f"{cls.__name__} has no action {verb!r}"
+            + (f"; actions: {', '.join(verbs)}" if verbs else "")
+        )
     project = project_param(request)
     state.check(principal, "write", cls.__name__, project)
     body = await read_json(request) if (await request.body()).strip() else {}
@@ -184,9 +203,13 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
     # A dry run on a copy validates the body before any read-modify-write, and gives the message.
     _, message = action(copy.deepcopy(current), dict(body), principal.subject)
     result = await state.repo.mutate(
-        cls.__name__, project, name, principal.subject,
+        cls.__name__,
+        project,
+        name,
+        principal.subject,
         lambda obj: action(obj, dict(body), principal.subject)[0],
-        action=verb, reason=verb[:1].upper() + verb[1:],
+        action=verb,
+        reason=verb[:1].upper() + verb[1:],
         message=f"{cls.__name__} {name} {message}",
     )
     return json_response(result.object)

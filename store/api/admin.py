@@ -28,8 +28,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     state = mesh(request)
     ok = state.objects.synced.is_set() and await state.store.healthy()
-    body = {"status": "ok" if ok else "unavailable", "etcd": ok,
-            "revision": state.objects.revision}
+    body = {"status": "ok" if ok else "unavailable", "etcd": ok, "revision": state.objects.revision}
     return json_response(body, 200 if ok else 503)
 
 

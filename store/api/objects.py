@@ -8,17 +8,27 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from infermesh.errors import BadRequest, Invalid, MeshError, NotFound
-from infermesh.model import Resource, kind_for, parse_object
+from infermesh.model import BUILTIN_STRATEGIES, Resource, Strategy, kind_for, parse_object
 from infermesh.references import missing_references
 from infermesh.store.api.http import json_response, read_json
-from infermesh.store.api.state import ApiState, mesh
+from infermesh.store.api.state import mesh
 from infermesh.store.repository import Obj, WriteResult
 
 router = APIRouter()
 
 # Apply writes what others refer to first, so one manifest resolves within itself.
-APPLY_ORDER = ["Project", "Domain", "NodeClass", "CapacityPool", "Strategy", "Model", "Policy",
-               "Node", "Endpoint", "Job"]
+APPLY_ORDER = [
+    "Project",
+    "Domain",
+    "NodeClass",
+    "CapacityPool",
+    "Strategy",
+    "Model",
+    "Policy",
+    "Node",
+    "Endpoint",
+    "Job",
+]
 
 
 def resolve_kind(plural: str) -> type[Resource]:
@@ -35,33 +45,32 @@ def project_param(request: Request) -> str:
     return request.query_params.get("project") or "default"
 
 
-def visible_projects(state: ApiState, principal: Any, request: Request) -> list[str] | None:
-    """None means every project the principal sees (`?project=*`)."""
-    project = project_param(request)
-    return None if project == "*" else [project]
-
-
 def parse_body_object(body: Any, cls: type[Resource], project: str) -> Resource:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     body.setdefault("apiVersion", "v1")
     body.setdefault("kind", cls.__name__)
     if body["kind"] != cls.__name__:
-        raise BadRequest(f"kind: {body['kind']!r} does not belong at /v1/{cls.plural}",
-                         {"field": "kind"})
+        raise BadRequest(
+            f"kind: {body['kind']!r} does not belong at /v1/{cls.plural}", {"field": "kind"}
+        )
     meta = body.setdefault("metadata", {})
     if not isinstance(meta, dict):
         raise Invalid("metadata: must be an object", {"field": "metadata"})
     if not cls.cluster_scoped:
         given = meta.setdefault("project", project)
         if given != project:
-            raise BadRequest(f"metadata.project {given!r} does not match ?project={project}",
-                             {"field": "metadata.project"})
+            raise BadRequest(
+                f"metadata.project {given!r} does not match ?project={project}",
+                {"field": "metadata.project"},
+            )
     return parse_object(body)
 
 
 def written(result: WriteResult, status: int = 200) -> Response:
-    headers = {"Warning": "; ".join(f'299 - "{w}"' for w in result.warnings)} if result.warnings else None
+    headers = (
+        {"Warning": "; ".join(f'299 - "{w}"' for w in result.warnings)} if result.warnings else None
+    )
     return json_response(result.object, status, headers)
 
 
@@ -96,7 +105,7 @@ async def apply(request: Request) -> Response:
     body = await read_json(request)
     items = body.get("items") if isinstance(body, dict) else body
     if not isinstance(items, list) or not items:
-        raise BadRequest("apply takes {\"items\": [objects...]} with at least one object")
+        raise BadRequest('apply takes {"items": [objects...]} with at least one object')
 
     resources: list[Resource] = []
     errors: list[dict[str, Any]] = []
@@ -110,11 +119,18 @@ async def apply(request: Request) -> Response:
                 item["metadata"].setdefault("project", project)
             resources.append(parse_object(item))
         except MeshError as exc:
-            errors.append({"index": i, "kind": item.get("kind") if isinstance(item, dict) else None,
-                           "message": exc.message, **exc.details})
+            errors.append(
+                {
+                    "index": i,
+                    "kind": item.get("kind") if isinstance(item, dict) else None,
+                    "message": exc.message,
+                    **exc.details,
+                }
+            )
     if errors:
-        raise Invalid("; ".join(f"item {e['index']}: {e['message']}" for e in errors),
-                      {"errors": errors})
+        raise Invalid(
+            "; ".join(f"item {e['index']}: {e['message']}" for e in errors), {"errors": errors}
+        )
     seen: set[tuple[str, str, str]] = set()
     for r in resources:
         ident = (r.kind, r.metadata.project, r.metadata.name)
@@ -132,12 +148,18 @@ async def apply(request: Request) -> Response:
     lookup = (exists, names)
 
     if strict:
-        dangling = [f"{r.kind} {r.metadata.name} -> {m.kind} {m.name}"
-                    for r in resources for m in missing_references(r, *lookup)]
+        dangling = [
+            f"{r.kind} {r.metadata.name} -> {m.kind} {m.name}"
+            for r in resources
+            for m in missing_references(r, *lookup)
+        ]
         if dangling:
-            raise Invalid("unresolved references (strict): " + "; ".join(dangling) +
-                          ". Apply the referenced objects first, or drop --strict",
-                          {"unresolved": dangling})
+            raise Invalid(
+                "unresolved references (strict): "
+                + "; ".join(dangling)
+                + ". Apply the referenced objects first, or drop --strict",
+                {"unresolved": dangling},
+            )
 
     order = {k: i for i, k in enumerate(APPLY_ORDER)}
     results = []
@@ -146,17 +168,44 @@ async def apply(request: Request) -> Response:
             warnings = [f"{m.kind} {m.name} not found" for m in missing_references(r, *lookup)]
             current = state.repo.cached(r.kind, r.metadata.project, r.metadata.name)
             action = "created" if current is None else "configured"
-            results.append({"kind": r.kind, "name": r.metadata.name, "project": r.metadata.project,
-                            "action": f"{action} (dry run)", "warnings": warnings})
+            results.append(
+                {
+                    "kind": r.kind,
+                    "name": r.metadata.name,
+                    "project": r.metadata.project,
+                    "action": f"{action} (dry run)",
+                    "warnings": warnings,
+                }
+            )
             continue
         res = await state.repo.apply(r, principal.subject, lookup)
-        results.append({"kind": r.kind, "name": r.metadata.name, "project": r.metadata.project,
-                        "action": res.action, "warnings": res.warnings,
-                        "resourceVersion": res.object["metadata"].get("resourceVersion")})
+        results.append(
+            {
+                "kind": r.kind,
+                "name": r.metadata.name,
+                "project": r.metadata.project,
+                "action": res.action,
+                "warnings": res.warnings,
+                "resourceVersion": res.object["metadata"].get("resourceVersion"),
+            }
+        )
     # report in the manifest's order, as the user wrote it
     position = {(r.kind, r.metadata.name, r.metadata.project): i for i, r in enumerate(resources)}
     results.sort(key=lambda x: position[(x["kind"], x["name"], x["project"])])
     return json_response({"results": results})
+
+
+def builtin_strategy(name: str, project: str) -> Obj:
+    obj = BUILTIN_STRATEGIES[name].to_dict()
+    obj["metadata"]["project"] = project
+    return obj
+
+
+def with_builtins(items: list[Obj], project: str) -> list[Obj]:
+    """Built-in strategies exist in every project; an applied one of the same name wins."""
+    stored = {o["metadata"]["name"] for o in items}
+    extra = [builtin_strategy(n, project) for n in BUILTIN_STRATEGIES if n not in stored]
+    return sorted(items + extra, key=lambda o: o["metadata"]["name"])
 
 
 @router.get("/v1/{plural}")
@@ -165,21 +214,28 @@ async def list_objects(plural: str, request: Request) -> Response:
     principal = state.authenticate(request)
     cls = resolve_kind(plural)
     selector = request.query_params.get("labelSelector")
-    projects = visible_projects(state, principal, request)
-    if projects is None or cls.cluster_scoped:
-        items = [o for o in state.repo.list(cls.__name__, None)
-                 if cls.cluster_scoped or principal.sees_project(o["metadata"]["project"],
-                                                                 state.tenant_of)]
-        if cls.cluster_scoped:
-            state.check(principal, "read", cls.__name__, "default")
+    project = project_param(request)
+    if project == "*" or cls.cluster_scoped:  # every project the caller may see
+        items = [
+            o
+            for o in state.repo.list(cls.__name__, None)
+            if cls.cluster_scoped
+            or principal.sees_project(o["metadata"]["project"], state.tenant_of)
+        ]
     else:
-        state.check(principal, "read", cls.__name__, projects[0])
-        items = state.repo.list(cls.__name__, projects[0])
+        state.check(principal, "read", cls.__name__, project)
+        items = state.repo.list(cls.__name__, project)
+    if cls is Strategy and project != "*":
+        items = with_builtins(items, project)
     items = [o for o in items if match_labels(o, selector)]
     stale = state.objects.stale
     return json_response(
-        {"apiVersion": "v1", "kind": "List", "items": items,
-         "metadata": {"resourceVersion": str(state.objects.revision), "stale": stale}},
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": items,
+            "metadata": {"resourceVersion": str(state.objects.revision), "stale": stale},
+        },
         headers={"X-InferMesh-Stale": "true"} if stale else None,
     )
 
@@ -192,6 +248,8 @@ async def get_object(plural: str, name: str, request: Request) -> Response:
     project = project_param(request)
     state.check(principal, "read", cls.__name__, project)
     obj = state.repo.cached(cls.__name__, project, name)
+    if obj is None and cls is Strategy and name in BUILTIN_STRATEGIES:
+        obj = builtin_strategy(name, project)
     if obj is None:
         raise NotFound(f"{cls.__name__} {name!r} not found in project {project!r}")
     stale = state.objects.stale
@@ -218,8 +276,10 @@ async def replace_object(plural: str, name: str, request: Request) -> Response:
     state.check(principal, "write", cls.__name__, project)
     resource = parse_body_object(await read_json(request), cls, project)
     if resource.metadata.name != name:
-        raise BadRequest(f"metadata.name {resource.metadata.name!r} does not match the URL ({name!r})",
-                         {"field": "metadata.name"})
+        raise BadRequest(
+            f"metadata.name {resource.metadata.name!r} does not match the URL ({name!r})",
+            {"field": "metadata.name"},
+        )
     return written(await state.repo.replace(resource, principal.subject))
 
 
@@ -233,24 +293,35 @@ async def patch_object(plural: str, name: str, request: Request) -> Response:
     state.check(principal, "write", cls.__name__, project)
     patch = await read_json(request)
     if not isinstance(patch, dict) or set(patch) - {"metadata", "spec"}:
-        raise BadRequest("a patch is a JSON object with 'spec' and/or 'metadata' (labels, annotations)")
+        raise BadRequest(
+            "a patch is a JSON object with 'spec' and/or 'metadata' (labels, annotations)"
+        )
     meta_patch = patch.get("metadata") or {}
     if set(meta_patch) - {"labels", "annotations"}:
-        raise BadRequest("only metadata.labels and metadata.annotations can be patched",
-                         {"field": "metadata"})
+        raise BadRequest(
+            "only metadata.labels and metadata.annotations can be patched", {"field": "metadata"}
+        )
 
     def change(obj: Obj) -> Obj:
         for field in ("labels", "annotations"):
             if field in meta_patch:
-                obj["metadata"][field] = merge_patch(obj["metadata"].get(field) or {},
-                                                     meta_patch[field])
+                obj["metadata"][field] = merge_patch(
+                    obj["metadata"].get(field) or {}, meta_patch[field]
+                )
         if "spec" in patch:
             obj["spec"] = merge_patch(obj.get("spec") or {}, patch["spec"])
         return obj
 
-    result = await state.repo.mutate(cls.__name__, project, name, principal.subject, change,
-                                     action="update", reason="Patched",
-                                     message=f"{cls.__name__} {name} patched")
+    result = await state.repo.mutate(
+        cls.__name__,
+        project,
+        name,
+        principal.subject,
+        change,
+        action="update",
+        reason="Patched",
+        message=f"{cls.__name__} {name} patched",
+    )
     return written(result)
 
 
@@ -273,6 +344,7 @@ async def delete_object(plural: str, name: str, request: Request) -> Response:
     cls = resolve_kind(plural)
     project = project_param(request)
     state.check(principal, "write", cls.__name__, project)
-    result = await state.repo.delete(cls.__name__, project, name, principal.subject,
-                                     request.query_params.get("resourceVersion"))
+    result = await state.repo.delete(
+        cls.__name__, project, name, principal.subject, request.query_params.get("resourceVersion")
+    )
     return json_response(result.object)

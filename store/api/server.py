@@ -31,8 +31,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
-        log.info("control-plane API ready on etcd %s (prefix %s)",
-                 ",".join(settings.etcd_endpoints), settings.prefix)
+        log.info(
+            "control-plane API ready on etcd %s (prefix %s)",
+            ",".join(settings.etcd_endpoints),
+            settings.prefix,
+        )
         try:
             yield
         finally:

@@ -92,8 +92,10 @@ class ApiState:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
-            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' "
-                               "(the token is in your context file or INFERMESH_TOKEN)")
+            raise Unauthorized(
+                "missing bearer token: send 'Authorization: Bearer <token>' "
+                "(the token is in your context file or INFERMESH_TOKEN)"
+            )
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
         principal = self.tokens.get(self.keys.token(auth.token_hash(token.strip())))
@@ -107,9 +109,11 @@ class ApiState:
     def require_admin(self, principal: auth.Principal, to: str) -> None:
         # The audit log and tokens span every project: an org admin's alone.
         if "orgAdmin" not in principal.roles:
-            raise Forbidden(f"role orgAdmin required to {to} ({principal.subject} has: "
-                            f"{', '.join(principal.roles) or 'no roles'})",
-                            {"requiredRoles": ["orgAdmin"]})
+            raise Forbidden(
+                f"role orgAdmin required to {to} ({principal.subject} has: "
+                f"{', '.join(principal.roles) or 'no roles'})",
+                {"requiredRoles": ["orgAdmin"]},
+            )
 
     async def ensure_token(self, token: str, principal: auth.Principal, actor: str) -> bool:
         """Store a token's principal (hash only); False if that token already exists."""
@@ -119,13 +123,23 @@ class ApiState:
             return False
         stamp = now()
         record: dict[str, Any] = {
-            "time": stamp, "actor": actor, "action": "create", "kind": "Token",
-            "project": CLUSTER_SCOPE, "name": principal.subject,
+            "time": stamp,
+            "actor": actor,
+            "action": "create",
+            "kind": "Token",
+            "project": CLUSTER_SCOPE,
+            "name": principal.subject,
             "diff": [{"path": "principal", "before": None, "after": principal.to_json()}],
         }
         event = {
-            "id": new_event_id(), "time": stamp, "type": "Normal", "reason": "TokenCreated",
-            "kind": "Token", "name": principal.subject, "project": CLUSTER_SCOPE, "actor": actor,
+            "id": new_event_id(),
+            "time": stamp,
+            "type": "Normal",
+            "reason": "TokenCreated",
+            "kind": "Token",
+            "name": principal.subject,
+            "project": CLUSTER_SCOPE,
+            "actor": actor,
             "message": f"token for {principal.subject} ({', '.join(principal.roles)}) created",
         }
         value = json.dumps({**principal.to_json(), "created": stamp, "createdBy": actor}).encode()

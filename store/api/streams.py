@@ -37,8 +37,9 @@ def start_revision(request: Request) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"resourceVersion: not a revision: {raw!r}",
-                         {"field": "resourceVersion"}) from None
+        raise BadRequest(
+            f"resourceVersion: not a revision: {raw!r}", {"field": "resourceVersion"}
+        ) from None
     if value < 0:
         raise BadRequest("resourceVersion: must be >= 0", {"field": "resourceVersion"})
     return value
@@ -62,8 +63,13 @@ async def watch_etcd(
     async for batch in state.store.watch_prefix(prefix, after + 1, prev_kv=prev_kv):
         for event in batch:
             if event.type == "RESYNC":
-                yield sse("RESYNC", {"message": f"revision {after} was compacted; list again",
-                                     "compactRevision": event.mod_revision})
+                yield sse(
+                    "RESYNC",
+                    {
+                        "message": f"revision {after} was compacted; list again",
+                        "compactRevision": event.mod_revision,
+                    },
+                )
                 return
             out = convert(event)
             if out is not None:
@@ -85,8 +91,9 @@ async def watch(plural: str, request: Request) -> Response:
 
     def visible(obj: Obj) -> bool:
         proj = obj["metadata"].get("project", CLUSTER_SCOPE)
-        return (cls.cluster_scoped or principal.sees_project(proj, state.tenant_of)) and \
-            match_labels(obj, selector)
+        return (
+            cls.cluster_scoped or principal.sees_project(proj, state.tenant_of)
+        ) and match_labels(obj, selector)
 
     def convert(event: WatchEvent) -> dict[str, Any] | None:
         if event.type == "PUT":
@@ -113,7 +120,9 @@ async def watch(plural: str, request: Request) -> Response:
     return EventSourceResponse(stream(), ping=PING_S)
 
 
-def event_filter(request: Request, principal: Principal, state: ApiState) -> Callable[[dict[str, Any]], bool]:
+def event_filter(
+    request: Request, principal: Principal, state: ApiState
+) -> Callable[[dict[str, Any]], bool]:
     q = request.query_params
     kind, name, etype = q.get("kind"), q.get("name"), q.get("type")
     project = q.get("project")
@@ -125,10 +134,12 @@ def event_filter(request: Request, principal: Principal, state: ApiState) -> Cal
                 return False
         elif not principal.sees_project(proj, state.tenant_of):
             return False
-        return ((not project or project == "*" or proj == project)
-                and (not kind or event.get("kind", "").lower() == kind.lower())
-                and (not name or event.get("name") == name)
-                and (not etype or event.get("type") == etype))
+        return (
+            (not project or project == "*" or proj == project)
+            and (not kind or event.get("kind", "").lower() == kind.lower())
+            and (not name or event.get("name") == name)
+            and (not etype or event.get("type") == etype)
+        )
 
     return keep
 
@@ -175,8 +186,11 @@ async def stream_events(request: Request) -> Response:
         if event.type != "PUT":
             return None  # expiry of old events is not news
         data = json.loads(event.value)
-        return sse("event", {**data, "revision": event.mod_revision}, event.mod_revision) \
-            if keep(data) else None
+        return (
+            sse("event", {**data, "revision": event.mod_revision}, event.mod_revision)
+            if keep(data)
+            else None
+        )
 
     async def stream() -> AsyncIterator[dict[str, Any]]:
         start = after if after is not None else await state.store.revision()
