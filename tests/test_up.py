@@ -3,6 +3,7 @@ file, Ctrl-C stops every child, a restart keeps data and token, and a dying chil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -79,9 +80,14 @@ class Up:
         return self.proc.wait(60)
 
     def kill(self) -> None:
+        """Last resort after a failed test: `up` and the children it started, by PID."""
         if self.proc.poll() is None:
+            children = children_of(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

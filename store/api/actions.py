@@ -16,8 +16,7 @@ from fastapi.responses import Response
 
 from infermesh.errors import BadRequest, Invalid, NotFound
 from infermesh.store.api.http import json_response, read_json
-from infermesh.store.api.objects import project_param, resolve_kind
-from infermesh.store.api.state import mesh
+from infermesh.store.api.objects import authorized
 from infermesh.store.repository import Obj, now
 
 router = APIRouter()
@@ -182,9 +181,7 @@ ACTIONS: dict[tuple[str, str], Action] = {
 
 @router.post("/v1/{plural}/{name}:{verb}")
 async def act(plural: str, name: str, verb: str, request: Request) -> Response:
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
+    state, principal, cls, project = authorized(request, plural, "write")
     action = ACTIONS.get((plural, verb))
     if action is None:
         verbs = sorted(v for p, v in ACTIONS if p == plural)
@@ -192,8 +189,6 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
             f"{cls.__name__} has no action {verb!r}"
             + (f"; actions: {', '.join(verbs)}" if verbs else "")
         )
-    project = project_param(request)
-    state.check(principal, "write", cls.__name__, project)
     body = await read_json(request) if (await request.body()).strip() else {}
     if not isinstance(body, dict):
         raise BadRequest("action body must be a JSON object")

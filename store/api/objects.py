@@ -11,7 +11,8 @@ from infermesh.errors import BadRequest, Invalid, MeshError, NotFound
 from infermesh.model import BUILTIN_STRATEGIES, Resource, Strategy, kind_for, parse_object
 from infermesh.references import missing_references
 from infermesh.store.api.http import json_response, read_json
-from infermesh.store.api.state import mesh
+from infermesh.store.api.state import ApiState, mesh
+from infermesh.store.auth import Principal, Verb
 from infermesh.store.repository import Obj, WriteResult
 
 router = APIRouter()
@@ -43,6 +44,18 @@ def resolve_kind(plural: str) -> type[Resource]:
 
 def project_param(request: Request) -> str:
     return request.query_params.get("project") or "default"
+
+
+def authorized(
+    request: Request, plural: str, verb: Verb
+) -> tuple[ApiState, Principal, type[Resource], str]:
+    """The preamble of every object route: who calls, on what kind, in which project, allowed?"""
+    state = mesh(request)
+    principal = state.authenticate(request)
+    cls = resolve_kind(plural)
+    project = project_param(request)
+    state.check(principal, verb, cls.__name__, project)
+    return state, principal, cls, project
 
 
 def parse_body_object(body: Any, cls: type[Resource], project: str) -> Resource:
@@ -242,11 +255,7 @@ async def list_objects(plural: str, request: Request) -> Response:
 
 @router.get("/v1/{plural}/{name}")
 async def get_object(plural: str, name: str, request: Request) -> Response:
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
-    project = project_param(request)
-    state.check(principal, "read", cls.__name__, project)
+    state, _, cls, project = authorized(request, plural, "read")
     obj = state.repo.cached(cls.__name__, project, name)
     if obj is None and cls is Strategy and name in BUILTIN_STRATEGIES:
         obj = builtin_strategy(name, project)
@@ -258,22 +267,14 @@ async def get_object(plural: str, name: str, request: Request) -> Response:
 
 @router.post("/v1/{plural}")
 async def create_object(plural: str, request: Request) -> Response:
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
-    project = project_param(request)
-    state.check(principal, "write", cls.__name__, project)
+    state, principal, cls, project = authorized(request, plural, "write")
     resource = parse_body_object(await read_json(request), cls, project)
     return written(await state.repo.create(resource, principal.subject), 201)
 
 
 @router.put("/v1/{plural}/{name}")
 async def replace_object(plural: str, name: str, request: Request) -> Response:
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
-    project = project_param(request)
-    state.check(principal, "write", cls.__name__, project)
+    state, principal, cls, project = authorized(request, plural, "write")
     resource = parse_body_object(await read_json(request), cls, project)
     if resource.metadata.name != name:
         raise BadRequest(
@@ -286,11 +287,7 @@ async def replace_object(plural: str, name: str, request: Request) -> Response:
 @router.patch("/v1/{plural}/{name}")
 async def patch_object(plural: str, name: str, request: Request) -> Response:
     """JSON merge patch (RFC 7386) of labels, annotations and spec."""
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
-    project = project_param(request)
-    state.check(principal, "write", cls.__name__, project)
+    state, principal, cls, project = authorized(request, plural, "write")
     patch = await read_json(request)
     if not isinstance(patch, dict) or set(patch) - {"metadata", "spec"}:
         raise BadRequest(
@@ -339,11 +336,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 @router.delete("/v1/{plural}/{name}")
 async def delete_object(plural: str, name: str, request: Request) -> Response:
-    state = mesh(request)
-    principal = state.authenticate(request)
-    cls = resolve_kind(plural)
-    project = project_param(request)
-    state.check(principal, "write", cls.__name__, project)
+    state, principal, cls, project = authorized(request, plural, "write")
     result = await state.repo.delete(
         cls.__name__, project, name, principal.subject, request.query_params.get("resourceVersion")
     )
