@@ -4,6 +4,10 @@
     .venv/bin/python bench/api.py [--duration 10] [--concurrency 32] [--watchers 10]
                                   [--runs 1] [--out bench/results/api.json]
                                   [--etcd HOST:PORT] [--unsafe-no-fsync]
+                                  [--phases create,update,get,list,watch]
+
+One run takes about a minute with the defaults; `--runs 3` gives the medians that
+docs/benchmarks.md reports.
 
 What it does, per run:
 
@@ -31,34 +35,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import math
 import os
-import platform
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import (  # bench/ is on sys.path when run as a script
+    DRAIN_S,
+    ROOT,
+    Api,
+    RawHTTP,
+    RequestFn,
+    Sample,
+    closed_loop,
+    cpu_percent,
+    cpu_sampler,
+    etcd_version,
+    latency_summary,
+    machine_facts,
+    wait_until_idle,
+)
 from httpx_sse import aconnect_sse
 
-from infermesh.store.auth import new_token
-from infermesh.store.etcd_server import EmbeddedEtcd, etcd_binary, free_port
+from infermesh.store.etcd_server import EmbeddedEtcd, etcd_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = {"127.0.0.1", "localhost"}
 
 # Issue acceptance, on the 2-core reference machine.
@@ -69,246 +80,9 @@ TARGETS = {
     "watch_p99_ms": ("<=", 50.0),
 }
 
-MAX_REQUESTS_PER_PHASE = 1_000_000
-DRAIN_S = 15.0  # how long in-flight requests may take to finish after a phase ends
 LIST_SIZE = 100
 PHASES = ("create", "update", "get", "list", "watch")
 SEQ_ANNOTATION = "bench.infermesh.io/seq"
-
-Sample = Callable[[], dict[str, float]]
-
-
-# -- a minimal HTTP/1.1 keep-alive client -------------------------------------------------------
-class RawHTTP:
-    """One keep-alive connection; requests one at a time. Content-Length and chunked bodies."""
-
-    def __init__(self, host: str, port: int, token: str) -> None:
-        self.host, self.port = host, port
-        self._head = (
-            f"Host: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
-            "User-Agent: infermesh-bench\r\nAccept: application/json\r\n"
-        )
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._reader, self._writer
-        assert reader is not None
-        head = f"{method} {path} HTTP/1.1\r\n{self._head}"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        try:
-            writer.write(head.encode() + b"\r\n" + (body or b""))
-            raw = await reader.readuntil(b"\r\n\r\n")
-            lines = raw.split(b"\r\n")
-            status = int(lines[0].split(b" ", 2)[1])
-            length, chunked, close = None, False, False
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif name == b"connection":
-                    close = value.strip().lower() == b"close"
-            if chunked:
-                data = await self._read_chunked(reader)
-            elif length is not None:
-                data = await reader.readexactly(length)
-            else:
-                data, close = await reader.read(), True
-        except BaseException:
-            self.close()
-            raise
-        if close:
-            self.close()
-        return status, data
-
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        parts = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return b"".join(parts)
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-
-# -- statistics ---------------------------------------------------------------------------------
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (no interpolation)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def latency_summary(seconds: list[float]) -> dict[str, float]:
-    ms = sorted(s * 1000 for s in seconds)
-    if not ms:
-        return {"count": 0}
-    return {
-        "count": len(ms),
-        "mean": round(statistics.fmean(ms), 3),
-        "p50": round(percentile(ms, 50), 3),
-        "p90": round(percentile(ms, 90), 3),
-        "p99": round(percentile(ms, 99), 3),
-        "max": round(ms[-1], 3),
-    }
-
-
-# -- CPU accounting of the three processes ------------------------------------------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
-    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
-
-
-def cpu_sampler(api_pid: int, etcd_pid: int | None) -> Sample:
-    def sample() -> dict[str, float]:
-        t = os.times()
-        out = {"wall": time.perf_counter(), "client": t.user + t.system}
-        for name, value in (
-            ("api", proc_cpu_s(api_pid)),
-            ("etcd", proc_cpu_s(etcd_pid)),
-            ("machine", machine_busy_s()),
-        ):
-            if value is not None:
-                out[name] = value
-        return out
-
-    return sample
-
-
-def cpu_percent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Percent of one core per process over the window; `other` is everything else running on
-    the machine meanwhile (another workload there makes the figures worth less)."""
-    wall = after["wall"] - before["wall"]
-    if wall <= 0:
-        return {}
-    out = {
-        k: round(100 * (after[k] - before[k]) / wall, 1)
-        for k in ("api", "etcd", "client", "machine")
-        if k in before and k in after
-    }
-    if "machine" in out:
-        ours = sum(out.get(k, 0.0) for k in ("api", "etcd", "client"))
-        out["other"] = round(max(0.0, out.pop("machine") - ours), 1)
-    return out
-
-
-# -- closed-loop phases -------------------------------------------------------------------------
-RequestFn = Callable[[int, int], tuple[str, str, bytes | None]]
-
-
-@dataclass
-class PhaseResult:
-    name: str
-    what: str
-    concurrency: int
-    duration_s: float
-    ok: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    cpu: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "what": self.what,
-            "concurrency": self.concurrency,
-            "duration_s": round(self.duration_s, 3),
-            "ok": self.ok,
-            "errors": sum(self.errors.values()),
-            "error_kinds": dict(self.errors),
-            "throughput_per_s": round(self.ok / self.duration_s, 1) if self.duration_s else 0,
-            "latency_ms": latency_summary(self.latencies),
-            "cpu_percent": self.cpu,
-        }
-
-
-async def closed_loop(
-    name: str,
-    what: str,
-    conns: list[RawHTTP],
-    make: RequestFn,
-    ok_status: int,
-    duration: float,
-    warmup: float,
-    sample: Sample,
-) -> PhaseResult:
-    """`len(conns)` workers, each sending its next request as soon as the last one answered."""
-    start = time.perf_counter()
-    record_from = start + warmup
-    end = record_from + duration
-    result = PhaseResult(name, what, len(conns), duration)
-    sent = 0
-
-    async def worker(w: int, conn: RawHTTP) -> None:
-        nonlocal sent
-        i = 0
-        while sent < MAX_REQUESTS_PER_PHASE and time.perf_counter() < end:
-            method, path, body = make(w, i)
-            i += 1
-            sent += 1
-            t0 = time.perf_counter()
-            try:
-                status, _ = await conn.request(method, path, body)
-                outcome = "ok" if status == ok_status else f"HTTP {status}"
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-                outcome = type(exc).__name__
-            t1 = time.perf_counter()
-            if t1 < record_from:
-                continue
-            if outcome != "ok":
-                result.errors[outcome] += 1
-            elif t1 <= end:
-                result.ok += 1
-                result.latencies.append(t1 - t0)
-
-    async def cpu_window() -> None:
-        await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
-        before = sample()
-        await asyncio.sleep(max(0.0, end - time.perf_counter()))
-        result.cpu = cpu_percent(before, sample())
-
-    tasks = [asyncio.create_task(worker(w, c)) for w, c in enumerate(conns)]
-    meter = asyncio.create_task(cpu_window())
-    done, pending = await asyncio.wait([*tasks, meter], timeout=warmup + duration + DRAIN_S)
-    for task in pending:
-        task.cancel()
-        result.errors["unfinished at the end of the phase"] += 1
-    for task in done:
-        if task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    return result
 
 
 # -- watch delivery -----------------------------------------------------------------------------
@@ -427,88 +201,6 @@ async def watch_phase(
     }
 
 
-# -- processes ----------------------------------------------------------------------------------
-class Api:
-    """The real API as a child process, stopped by its PID."""
-
-    def __init__(self, etcd_endpoint: str, log: Path) -> None:
-        self.port = free_port()
-        self.token = new_token()
-        self.prefix = f"/bench-{uuid.uuid4().hex[:10]}"
-        self.log = log
-        argv = [sys.executable, "-m", "infermesh", "api", "--etcd", etcd_endpoint]
-        argv += ["--port", str(self.port), "--etcd-prefix", self.prefix]
-        env = {**os.environ, "INFERMESH_BOOTSTRAP_TOKEN": self.token}
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"API exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"API did not become ready in {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def etcd_version(endpoint: str) -> str:
-    try:
-        with urllib.request.urlopen(f"http://{endpoint}/version", timeout=2) as resp:
-            return str(json.loads(resp.read()).get("etcdserver", "unknown"))
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def machine_facts() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
-        mem_gb = round(kb / 1024 / 1024, 1)
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": mem_gb,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "git_commit": commit,
-    }
-
-
 # -- one run ------------------------------------------------------------------------------------
 def domain_body(name: str, project: str, worker: int, gen: int = 0) -> bytes:
     return json.dumps(
@@ -542,6 +234,7 @@ async def measure(api: Api, args: argparse.Namespace, sample: Sample) -> dict[st
         res = await closed_loop(
             name, what, conns, make, ok_status, args.duration, args.warmup, sample
         )
+        api.check_alive()
         phases[name] = res.to_json()
         report_phase(name, phases[name])
 
@@ -626,6 +319,15 @@ def report_phase(name: str, data: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
+def run_async(coro: Any) -> Any:
+    """On uvloop when it is installed (it comes with uvicorn[standard]): a cheaper client."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def one_run(args: argparse.Namespace, run: int, workdir: Path) -> dict[str, Any]:
     etcd: EmbeddedEtcd | None = None
     api: Api | None = None
@@ -639,12 +341,14 @@ def one_run(args: argparse.Namespace, run: int, workdir: Path) -> dict[str, Any]
         api = Api(endpoint, workdir / f"api-{run}.log")
         api.wait_ready()
         sample = cpu_sampler(api.process.pid, etcd.pid if etcd else None)
+        busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else None
         load_before = os.getloadavg()
-        phases = asyncio.run(measure(api, args, sample))
+        phases = run_async(measure(api, args, sample))
         return {
             "run": run,
             "etcd_version": etcd_version(endpoint),
             "loadavg_before": [round(x, 2) for x in load_before],
+            "machine_busy_before_pct": busy_before,
             "phases": phases,
         }
     finally:
@@ -698,9 +402,19 @@ def verdicts(summary: dict[str, float]) -> dict[str, bool]:
     return out
 
 
+def disturbances(runs: list[dict[str, Any]], limit: float = 20.0) -> list[str]:
+    """Phases during which something else used more than `limit`% of a core."""
+    out = []
+    for run in runs:
+        for name, phase in run["phases"].items():
+            other = (phase.get("cpu_percent") or {}).get("other", 0.0)
+            if other > limit:
+                out.append(f"run {run['run']} {name}: other processes used {other:.0f}% of a core")
+    return out
+
+
 def print_table(summary: dict[str, float], runs: int) -> None:
-    label = "median of" if runs > 1 else "run"
-    print(f"\nControl-plane API ({label} {runs} run{'s' * (runs > 1)})")
+    print(f"\nControl-plane API ({f'median of {runs} runs' if runs > 1 else '1 run'})")
     print(f"{'measure':<34}{'value':>12}  {'target':>10}  verdict")
     rows = [
         ("writes/s  POST create", "create_per_s", "{:.0f}"),
@@ -757,6 +471,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api.json")
     p.add_argument("--etcd", help="HOST:PORT of an etcd on this machine instead of our own")
     p.add_argument("--unsafe-no-fsync", action="store_true", help="our etcd without fsync")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each run wait up to S seconds for other work on the machine to stop",
+    )
     args = p.parse_args(argv)
     if unknown := set(args.phases) - set(PHASES):
         p.error(f"unknown phases: {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
@@ -777,25 +498,32 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop our children on `kill` too
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # Ctrl-C and `kill` alike: unwind at once, so one_run stops etcd and the API by PID.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     started = dt.datetime.now(dt.UTC)
     runs: list[dict[str, Any]] = []
-    fsync = "external etcd" if args.etcd else ("off" if args.unsafe_no_fsync else "on")
+    fsync = "unknown (external etcd)" if args.etcd else ("off" if args.unsafe_no_fsync else "on")
     print(
         f"bench/api.py: {args.runs} run(s), {args.duration:g} s per phase, "
         f"concurrency {args.concurrency}, {args.watchers} watchers, etcd fsync {fsync}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="infermesh-bench-") as tmp:
-        for run in range(1, args.runs + 1):
-            print(f"run {run}/{args.runs}", flush=True)
-            runs.append(one_run(args, run, Path(tmp)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="infermesh-bench-") as tmp:
+            for run in range(1, args.runs + 1):
+                print(f"run {run}/{args.runs}", flush=True)
+                runs.append(one_run(args, run, Path(tmp)))
+    except KeyboardInterrupt as exc:  # one_run has stopped etcd and the API by now
+        print(f"\ninterrupted ({exc or 'Ctrl-C'}); etcd and the API are stopped", file=sys.stderr)
+        return 130
     summary = medians(runs)
     print_table(summary, len(runs))
+    disturbed = disturbances(runs)
+    if disturbed:
+        print("\nWARNING: the machine was not quiet; these figures include its other work:")
+        for line in disturbed:
+            print(f"  {line}")
     report = {
         "benchmark": "bench/api.py",
         "date": started.isoformat(timespec="seconds"),
@@ -821,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {k: f"{op} {v:g}" for k, (op, v) in TARGETS.items()},
         "median": summary,
         "verdicts": verdicts(summary),
+        "disturbances": disturbed,
         "runs": runs,
         "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }

@@ -19,7 +19,7 @@ from infermesh.references import references_of
 from infermesh.store.election import LeaderElection
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import KeyLayout
-from infermesh.store.repository import Obj, ObjectRepository, declared, refs_condition
+from infermesh.store.repository import Obj, ObjectRepository, Stored, declared, refs_condition
 from infermesh.store.watch_cache import Change
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class ReferenceController:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        for key, obj in self._repo.cache.items():
-            self._index(key, obj)
+        for key, stored in self._repo.cache.items():
+            self._index(key, stored.obj)
         self._repo.cache.add_listener(self._on_change)
         self._task = asyncio.create_task(self._run(), name="reference-controller")
 
@@ -55,13 +55,14 @@ class ReferenceController:
             await self._election.resign()
 
     # feeding the queue -----------------------------------------------------------------------
-    def _on_change(self, change: Change[Obj]) -> None:
-        obj = change.new or change.old
-        assert obj is not None
+    def _on_change(self, change: Change[Stored]) -> None:
+        stored = change.new or change.old
+        assert stored is not None
+        obj = stored.obj
         if change.new is None:
             self._unindex(change.key)
         else:
-            self._index(change.key, change.new)
+            self._index(change.key, change.new.obj)
         if change.type != "MODIFIED":
             meta = obj["metadata"]
             name = meta["name"]
@@ -128,9 +129,10 @@ class ReferenceController:
         return key
 
     async def _reconcile(self, key: str) -> None:
-        obj = self._repo.cache.get(key)
-        if obj is None:
+        stored = self._repo.cache.get(key)
+        if stored is None:
             return
+        obj = stored.obj
         resource = parse_object(declared(obj))
         want, _ = refs_condition(resource, *self._repo.lookup)
         have = next(

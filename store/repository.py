@@ -45,11 +45,20 @@ def storage_project(obj: Obj) -> str:
     return CLUSTER_SCOPE if kind_for(obj["kind"]).cluster_scoped else obj["metadata"]["project"]
 
 
-def decode(key: str, value: bytes, revision: int) -> Obj:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An object as the API serves it, decoded once and encoded once when it arrives, so reads
+    and lists only join bytes."""
+
+    obj: Obj
+    json: bytes
+
+
+def decode(key: str, value: bytes, revision: int) -> Stored:
     """Stored JSON to an API object: the resourceVersion is the key's etcd mod_revision."""
     obj: Obj = json.loads(value)
     obj["metadata"]["resourceVersion"] = str(revision)
-    return obj
+    return Stored(obj, json.dumps(obj, separators=(",", ":")).encode())
 
 
 def encode(obj: Obj) -> bytes:
@@ -139,7 +148,7 @@ class ObjectRepository:
         store: EtcdStore,
         keys: KeyLayout,
         committer: Committer,
-        cache: WatchCache[Obj],
+        cache: WatchCache[Stored],
     ) -> None:
         self._store = store
         self._keys = keys
@@ -151,7 +160,7 @@ class ObjectRepository:
         cls = kind_for(kind)
         return self._keys.object(cls.plural, CLUSTER_SCOPE if cls.cluster_scoped else project, name)
 
-    def cached(self, kind: str, project: str, name: str) -> Obj | None:
+    def cached(self, kind: str, project: str, name: str) -> Stored | None:
         return self.cache.get(self.key_of(kind, project, name))
 
     def exists(self, kind: str, project: str, name: str) -> bool:
@@ -165,22 +174,28 @@ class ObjectRepository:
     def names(self, kind: str, project: str) -> list[str]:
         cls = kind_for(kind)
         scope = CLUSTER_SCOPE if cls.cluster_scoped else project
-        return [
-            obj["metadata"]["name"]
-            for _, obj in self.cache.items(self._keys.objects(cls.plural, scope))
-        ]
+        return [s.obj["metadata"]["name"] for s in self.list(kind, scope)]
 
-    def list(self, kind: str, project: str | None) -> list[Obj]:
+    def list(self, kind: str, project: str | None) -> list[Stored]:
+        """One kind in one project (None: every project), sorted by name."""
         cls = kind_for(kind)
         scope = CLUSTER_SCOPE if cls.cluster_scoped else project
-        return [obj for _, obj in self.cache.items(self._keys.objects(cls.plural, scope))]
+        return [s for _, s in self.cache.items(self._keys.objects(cls.plural, scope))]
 
     # writes --------------------------------------------------------------------------------
-    async def _read(self, key: str) -> tuple[Obj | None, int]:
+    async def _read(self, key: str, attempt: int = 1) -> tuple[Obj | None, int]:
+        """The stored object and its revision. A first attempt trusts the watch cache (a
+        read-modify-write based on it is still safe: the commit compares revisions); a retry
+        after a conflict asks etcd."""
+        if attempt == 0:
+            stored = self.cache.get(key)
+            if stored is None:
+                return None, 0
+            return stored.obj, int(stored.obj["metadata"]["resourceVersion"])
         kv = await self._store.get(key)
         if kv is None:
             return None, 0
-        return decode(kv.key, kv.value, kv.mod_revision), kv.mod_revision
+        return decode(kv.key, kv.value, kv.mod_revision).obj, kv.mod_revision
 
     async def _write(
         self,
@@ -259,8 +274,8 @@ class ObjectRepository:
         """Create or bring in line with the manifest; `unchanged` writes nothing."""
         desired = resource.to_dict()
         key = self.key_of(desired["kind"], resource.metadata.project, resource.metadata.name)
-        for _ in range(_CAS_RETRIES):
-            current, rev = await self._read(key)
+        for attempt in range(_CAS_RETRIES):
+            current, rev = await self._read(key, attempt)
             cond, warnings = refs_condition(resource, *(lookup or self.lookup))
             if current is None:
                 try:
@@ -351,8 +366,10 @@ class ObjectRepository:
         it with a new spec or labels; the result is re-validated, so an action can never store an
         invalid object. Status stays the server's (ResolvedRefs is recomputed)."""
         key = self.key_of(kind, project, name)
-        for _ in range(_CAS_RETRIES):
-            current, rev = await self._read(key)
+        for attempt in range(_CAS_RETRIES):
+            current, rev = await self._read(key, attempt)
+            if current is None and attempt == 0:
+                continue  # not in the cache (yet): ask etcd before saying it is not there
             if current is None:
                 raise NotFound(f"{kind} {name!r} not found in project {project!r}")
             proposed = change(json.loads(json.dumps(current)))

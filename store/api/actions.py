@@ -196,7 +196,7 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
     if current is None:
         raise NotFound(f"{cls.__name__} {name!r} not found in project {project!r}")
     # A dry run on a copy validates the body before any read-modify-write, and gives the message.
-    _, message = action(copy.deepcopy(current), dict(body), principal.subject)
+    _, message = action(copy.deepcopy(current.obj), dict(body), principal.subject)
     result = await state.repo.mutate(
         cls.__name__,
         project,

@@ -29,7 +29,14 @@ LATENCY = Histogram(
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":"), default=str).encode()
+    return encoded_response(
+        json.dumps(data, separators=(",", ":"), default=str).encode(), status, headers
+    )
+
+
+def encoded_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 

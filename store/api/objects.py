@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,10 +11,10 @@ from fastapi.responses import Response
 from infermesh.errors import BadRequest, Invalid, MeshError, NotFound
 from infermesh.model import BUILTIN_STRATEGIES, Resource, Strategy, kind_for, parse_object
 from infermesh.references import missing_references
-from infermesh.store.api.http import json_response, read_json
+from infermesh.store.api.http import encoded_response, json_response, read_json
 from infermesh.store.api.state import ApiState, mesh
 from infermesh.store.auth import Principal, Verb
-from infermesh.store.repository import Obj, WriteResult
+from infermesh.store.repository import Obj, Stored, WriteResult
 
 router = APIRouter()
 
@@ -208,17 +209,21 @@ async def apply(request: Request) -> Response:
     return json_response({"results": results})
 
 
-def builtin_strategy(name: str, project: str) -> Obj:
+def builtin_strategy(name: str, project: str) -> Stored:
     obj = BUILTIN_STRATEGIES[name].to_dict()
     obj["metadata"]["project"] = project
-    return obj
+    return Stored(obj, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def with_builtins(items: list[Obj], project: str) -> list[Obj]:
+def with_builtins(items: list[Stored], project: str) -> list[Stored]:
     """Built-in strategies exist in every project; an applied one of the same name wins."""
-    stored = {o["metadata"]["name"] for o in items}
+    stored = {s.obj["metadata"]["name"] for s in items}
     extra = [builtin_strategy(n, project) for n in BUILTIN_STRATEGIES if n not in stored]
-    return sorted(items + extra, key=lambda o: o["metadata"]["name"])
+    return sorted(items + extra, key=lambda s: s.obj["metadata"]["name"])
+
+
+def stale_header(state: ApiState) -> dict[str, str] | None:
+    return {"X-InferMesh-Stale": "true"} if state.objects.stale else None
 
 
 @router.get("/v1/{plural}")
@@ -230,39 +235,38 @@ async def list_objects(plural: str, request: Request) -> Response:
     project = project_param(request)
     if project == "*" or cls.cluster_scoped:  # every project the caller may see
         items = [
-            o
-            for o in state.repo.list(cls.__name__, None)
+            s
+            for s in state.repo.list(cls.__name__, None)
             if cls.cluster_scoped
-            or principal.sees_project(o["metadata"]["project"], state.tenant_of)
+            or principal.sees_project(s.obj["metadata"]["project"], state.tenant_of)
         ]
     else:
         state.check(principal, "read", cls.__name__, project)
         items = state.repo.list(cls.__name__, project)
     if cls is Strategy and project != "*":
         items = with_builtins(items, project)
-    items = [o for o in items if match_labels(o, selector)]
-    stale = state.objects.stale
-    return json_response(
-        {
-            "apiVersion": "v1",
-            "kind": "List",
-            "items": items,
-            "metadata": {"resourceVersion": str(state.objects.revision), "stale": stale},
-        },
-        headers={"X-InferMesh-Stale": "true"} if stale else None,
+    meta = {"resourceVersion": str(state.objects.revision), "stale": state.objects.stale}
+    body = b"".join(
+        (
+            b'{"apiVersion":"v1","kind":"List","items":[',
+            b",".join(s.json for s in items if match_labels(s.obj, selector)),
+            b'],"metadata":',
+            json.dumps(meta).encode(),
+            b"}",
+        )
     )
+    return encoded_response(body, headers=stale_header(state))
 
 
 @router.get("/v1/{plural}/{name}")
 async def get_object(plural: str, name: str, request: Request) -> Response:
     state, _, cls, project = authorized(request, plural, "read")
-    obj = state.repo.cached(cls.__name__, project, name)
-    if obj is None and cls is Strategy and name in BUILTIN_STRATEGIES:
-        obj = builtin_strategy(name, project)
-    if obj is None:
+    stored = state.repo.cached(cls.__name__, project, name)
+    if stored is None and cls is Strategy and name in BUILTIN_STRATEGIES:
+        stored = builtin_strategy(name, project)
+    if stored is None:
         raise NotFound(f"{cls.__name__} {name!r} not found in project {project!r}")
-    stale = state.objects.stale
-    return json_response(obj, headers={"X-InferMesh-Stale": "true"} if stale else None)
+    return encoded_response(stored.json, headers=stale_header(state))
 
 
 @router.post("/v1/{plural}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        # The watch cache holds many long-lived objects; full collections would scan them over
+        # and over (tens of ms each, the write latency tail) and free nothing.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 100)
         log.info(
             "control-plane API ready on etcd %s (prefix %s)",
             ",".join(settings.etcd_endpoints),

@@ -19,7 +19,7 @@ from infermesh.store.committer import Committer, Mutation, new_event_id
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
-from infermesh.store.repository import Obj, ObjectRepository, decode, now
+from infermesh.store.repository import ObjectRepository, Stored, decode, now
 from infermesh.store.watch_cache import WatchCache
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ApiState:
     settings: Settings
     keys: KeyLayout = field(init=False)
     store: EtcdStore = field(init=False)
-    objects: WatchCache[Obj] = field(init=False)
+    objects: WatchCache[Stored] = field(init=False)
     tokens: WatchCache[auth.Principal] = field(init=False)
     committer: Committer = field(init=False)
     repo: ObjectRepository = field(init=False)
@@ -85,8 +85,8 @@ class ApiState:
 
     # tenancy and auth ----------------------------------------------------------------------
     def tenant_of(self, project: str) -> str:
-        obj = self.objects.get(self.keys.object("projects", CLUSTER_SCOPE, project))
-        return ((obj or {}).get("spec") or {}).get("tenant") or "default"
+        stored = self.objects.get(self.keys.object("projects", CLUSTER_SCOPE, project))
+        return ((stored.obj.get("spec") or {}) if stored else {}).get("tenant") or "default"
 
     def authenticate(self, request: Request) -> auth.Principal:
         header = request.headers.get("authorization", "")

@@ -22,7 +22,7 @@ from infermesh.store.api.state import ApiState, mesh
 from infermesh.store.auth import Principal
 from infermesh.store.etcd import WatchEvent
 from infermesh.store.keys import CLUSTER_SCOPE
-from infermesh.store.repository import Obj, decode
+from infermesh.store.repository import Stored, decode
 
 router = APIRouter()
 
@@ -46,7 +46,11 @@ def start_revision(request: Request) -> int | None:
 
 
 def sse(event: str, data: Any, revision: int | None = None) -> dict[str, Any]:
-    out = {"event": event, "data": json.dumps(data, separators=(",", ":"), default=str)}
+    if isinstance(data, Stored):  # already encoded
+        text = data.json.decode()
+    else:
+        text = json.dumps(data, separators=(",", ":"), default=str)
+    out = {"event": event, "data": text}
     if revision is not None:
         out["id"] = str(revision)
     return out
@@ -89,7 +93,8 @@ async def watch(plural: str, request: Request) -> Response:
     after = start_revision(request)
     prefix = state.keys.objects(cls.plural, None if every_project else project)
 
-    def visible(obj: Obj) -> bool:
+    def visible(stored: Stored) -> bool:
+        obj = stored.obj
         proj = obj["metadata"].get("project", CLUSTER_SCOPE)
         return (
             cls.cluster_scoped or principal.sees_project(proj, state.tenant_of)
