@@ -100,6 +100,26 @@ def test_apply_seed_cheatsheet_then_again_unchanged(mesh: Callable[..., Result])
     assert all("dry run" in line for line in dry.stdout.splitlines())
 
 
+def test_the_long_seed_examples_apply_and_strict_refuses_dangling_refs(
+    mesh: Callable[..., Result], tmp_path: Path
+) -> None:
+    examples = ROOT / "examples"
+    strict = failed(mesh("apply", "--strict", "-f", str(examples / "seed-endpoint.yaml")))
+    assert "Endpoint chat-pro -> Model chat-70b@q4_k_m" in strict
+    for name in ("seed-nodeclass", "seed-endpoint", "seed-job"):
+        out = ok(mesh("apply", "-f", str(examples / f"{name}.yaml"))).stdout
+        assert out.strip().endswith("created"), out
+    ok(mesh("apply", "-f", str(examples / "demo-mesh.yaml")))
+    again = ok(mesh("apply", "--strict", "-f", str(examples / "seed-endpoint.yaml")))
+    assert again.stdout.strip() == "endpoint/chat-pro unchanged"
+
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(CHEATSHEET.read_text().replace("---\n", ""))
+    err = failed(mesh("apply", "-f", str(pasted)))
+    assert "a second document starts at line" in err and "---" in err
+    assert ok(mesh("get", "domains")).stdout.count("edge-eu") == 1  # nothing else was applied
+
+
 def test_a_bad_manifest_names_file_line_and_field_and_sends_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -330,7 +350,20 @@ def test_stale_reads_warn_and_still_succeed(
         "Warning: etcd is unavailable; showing the API's last-known state (stale)\n"
     )
     assert table(result.stdout)[1][0] == "kept"
-    assert "etcd" in failed(CliRunner().invoke(main, [*argv, "domain", "create", "lost"]))
+    refused = failed(CliRunner().invoke(main, [*argv, "apply", "-f", str(CHEATSHEET)]))
+    assert refused.startswith("error: etcd at ") and "unavailable" in refused
+
+    private_etcd.start()  # both recover on their own; the accepted write is still there
+    with MeshClient(api.url, api.token) as c:
+        deadline = time.monotonic() + 30
+        while c.list("domains").stale:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    applied = ok(CliRunner().invoke(main, [*argv, "apply", "-f", str(CHEATSHEET)]))
+    assert applied.stdout.splitlines()[0] == "domain/edge-eu created"
+    result = ok(CliRunner().invoke(main, [*argv, "get", "domains"]))
+    assert result.stderr == ""
+    assert [row[0] for row in table(result.stdout)[1:]] == ["edge-eu", "kept"]
 
 
 class Streaming:
