@@ -439,10 +439,14 @@ class _ClientBase:
 
     @_Op
     def create_token(
-        self, subject: str, roles: list[str], projects: list[str]
+        self,
+        subject: str,
+        roles: list[str],
+        projects: list[str],
+        tenants: list[str] | None = None,
     ) -> _Call[dict[str, Any]]:
         """Mint a token (orgAdmin only); the answer holds the token, shown this once."""
-        body = {"subject": subject, "roles": roles, "projects": projects}
+        body = {"subject": subject, "roles": roles, "projects": projects, "tenants": tenants or []}
         return _Call("POST", "/v1/tokens", _json, body=body)
 
     @_Op

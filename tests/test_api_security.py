@@ -106,3 +106,30 @@ def test_audit_chain_verifies_and_detects_tampering(
         assert broken["ok"] is False
         assert broken["brokenSeq"] == victim["seq"]
         assert "altered" in broken["problem"]
+
+
+def test_a_tenant_token_sees_exactly_its_tenants_projects(api: ApiServer, project: str) -> None:
+    other = project + "-x"
+    tenant = "t-" + project
+    with api.client() as c:
+        record = {
+            "apiVersion": "v1",
+            "kind": "Project",
+            "metadata": {"name": project},
+            "spec": {"tenant": tenant, "organization": "acme"},
+        }
+        assert c.post("/v1/projects", json=record).status_code == 201
+        for p in (project, other):
+            c.post("/v1/domains", params={"project": p}, json=DOMAIN)
+        token = c.post(
+            "/v1/tokens",
+            json={"subject": "tenant-ops", "roles": ["platformAdmin"], "tenants": [tenant]},
+        ).json()["token"]
+    with api.client(token) as t:
+        assert t.get("/v1/domains/edge-eu", params={"project": project}).status_code == 200
+        assert t.get("/v1/domains/edge-eu", params={"project": other}).status_code == 403
+        every = t.get("/v1/domains", params={"project": "*"}).json()["items"]
+        assert {o["metadata"]["project"] for o in every} == {project}
+        # a tenant's operator may not move a project to another tenant
+        moved = {**record, "spec": {"tenant": "mine-now"}}
+        assert t.put(f"/v1/projects/{project}", json=moved).status_code == 403

@@ -242,21 +242,33 @@ def token() -> None:
     "--project",
     "projects",
     multiple=True,
-    required=True,
     help="Project the token may touch ('*' for all); repeatable.",
+)
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    help="Tenant whose projects the token may touch; repeatable.",
 )
 @click.option("--subject", help="Who holds the token (default: generated from the role).")
 @pass_state
 def token_create(
-    state: CliState, roles: tuple[str, ...], projects: tuple[str, ...], subject: str | None
+    state: CliState,
+    roles: tuple[str, ...],
+    projects: tuple[str, ...],
+    tenants: tuple[str, ...],
+    subject: str | None,
 ) -> None:
     """Mint a token. It is printed once, alone on stdout, and never stored."""
+    if not projects and not tenants:
+        raise click.UsageError("give --project (or --tenant) at least once")
     subject = subject or f"{roles[0].lower()}-{secrets.token_hex(3)}"
-    minted = state.client.create_token(subject, list(roles), list(projects))
+    minted = state.client.create_token(subject, list(roles), list(projects), list(tenants))
     click.echo(minted["token"])
+    scope = ", ".join([*(f"project {p}" for p in projects), *(f"tenant {t}" for t in tenants)])
     warn(
-        f"Token for {minted.get('subject', subject)} (roles {', '.join(roles)}; projects "
-        f"{', '.join(projects)}). It is shown only this once: store it now."
+        f"Token for {minted.get('subject', subject)} (roles {', '.join(roles)}; {scope}). "
+        "It is shown only this once: store it now."
     )
 
 
