@@ -31,6 +31,8 @@ from etcd3aio import (
     EtcdConnectionError,
     EtcdError,
     EtcdTransientError,
+    SortOrder,
+    SortTarget,
     prefix_range_end,
 )
 from etcd3aio import _protobuf as rpc
@@ -340,6 +342,23 @@ class EtcdStore:
             if not resp.more:
                 return items, revision
             start = resp.kvs[-1].key + b"\0"
+
+    async def newest(self, prefix: str, limit: int, *, before: str | None = None) -> list[KeyValue]:
+        """The last `limit` keys under `prefix` (before `before`, when given), last first: how
+        time-ordered keys such as events are read newest first without listing them all."""
+        start = prefix.encode()
+        end = before.encode() if before is not None else prefix_range_end(start)
+        resp = await self._call(
+            self._kv.get(
+                start,
+                range_end=end,
+                limit=limit,
+                sort_order=SortOrder.DESCEND,
+                sort_target=SortTarget.KEY,
+                timeout=self._timeout,
+            )
+        )
+        return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
 
     async def revision(self) -> int:
         """etcd's current revision (a linearizable read)."""

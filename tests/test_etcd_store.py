@@ -92,6 +92,17 @@ async def test_crud_round_trip(store: EtcdStore, etcd_prefix: str) -> None:
     assert await store.get(key) is None
 
 
+async def test_newest_reads_backwards_in_pages(store: EtcdStore, etcd_prefix: str) -> None:
+    for i in range(5):
+        await store.put(f"{etcd_prefix}e{i}", str(i))
+    await store.put(etcd_prefix + "f", "outside the prefix asked for")
+    page, revision = await store.newest(etcd_prefix + "e", 2)
+    assert [kv.value for kv in page] == [b"4", b"3"]
+    assert revision == await store.revision()
+    older, _ = await store.newest(etcd_prefix + "e", 2, before=page[-1].key)
+    assert [kv.value for kv in older] == [b"2", b"1"]
+
+
 async def test_create_on_existing_key_is_a_conflict(store: EtcdStore, etcd_prefix: str) -> None:
     key = etcd_prefix + "taken"
     revision = await store.create(key, b"first")

@@ -27,6 +27,8 @@ from infermesh.store.repository import Stored, decode
 router = APIRouter()
 
 PING_S = 15
+EVENT_PAGE = 500
+EVENT_SCAN_PAGES = 40  # a filtered listing looks at the newest 20,000 events at most
 
 
 def start_revision(request: Request) -> int | None:
@@ -156,7 +158,7 @@ def events_prefix(state: ApiState, request: Request) -> str:
 
 @router.get("/v1/events")
 async def list_events(request: Request) -> Response:
-    """Recent events, newest first."""
+    """Recent events, newest first, read from the newest backwards (never the whole log)."""
     state = mesh(request)
     principal = state.authenticate(request)
     keep = event_filter(request, principal, state)
@@ -165,18 +167,25 @@ async def list_events(request: Request) -> Response:
     except ValueError:
         raise BadRequest("limit: must be an integer", {"field": "limit"}) from None
     since = request.query_params.get("since")
-    kvs, revision = await state.store.list_prefix(events_prefix(state, request))
-    events = []
-    for kv in reversed(kvs):
-        event = json.loads(kv.value)
-        if since and event.get("time", "") < since:
-            continue
-        if keep(event):
-            events.append({**event, "revision": kv.mod_revision})
-            if len(events) >= limit:
+    prefix = events_prefix(state, request)
+    events: list[dict[str, Any]] = []
+    before: str | None = None
+    revision = 0  # of the first page: a stream from here misses and repeats nothing
+    for _ in range(EVENT_SCAN_PAGES):
+        page, read_at = await state.store.newest(prefix, EVENT_PAGE, before=before)
+        revision = revision or read_at
+        for kv in page:
+            event = json.loads(kv.value)
+            if since and event.get("time", "") < since:
+                page = []  # older than asked for: stop here
                 break
+            if keep(event):
+                events.append({**event, "revision": kv.mod_revision})
+        if len(events) >= limit or len(page) < EVENT_PAGE:
+            break
+        before = page[-1].key
     events.sort(key=lambda e: (e.get("time", ""), e["revision"]), reverse=True)
-    return json_response({"items": events, "metadata": {"resourceVersion": str(revision)}})
+    return json_response({"items": events[:limit], "metadata": {"resourceVersion": str(revision)}})
 
 
 @router.get("/v1/events/stream")
