@@ -20,9 +20,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
@@ -47,12 +46,39 @@ from infermesh.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from infermesh.store.etcd_types import (
+    Compare,
+    CompareOp,
+    EventType,
+    KeyValue,
+    LeaseNotFound,
+    Op,
+    RevisionCompacted,
+    TxnResult,
+    WatchEvent,
+    as_bytes,
+    event_from_pb,
+    kv_from_pb,
+    op_response_from_pb,
+)
+
+__all__ = [
+    "Compare",
+    "CompareOp",
+    "EtcdStore",
+    "EventType",
+    "KeyValue",
+    "Lease",
+    "LeaseNotFound",
+    "Op",
+    "RevisionCompacted",
+    "TxnResult",
+    "WatchEvent",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-EventType = Literal["PUT", "DELETE", "RESYNC", "PROGRESS"]
-CompareOp = Literal["==", "!=", "<", ">"]
 
 _PAGE_SIZE = 1000
 _PROBE_KEY = b"/infermesh-probe"  # never written: reading it only costs a linearizable round trip
@@ -70,121 +96,6 @@ _FATAL_WATCH_CODES = (
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
 )
-
-
-class RevisionCompacted(Conflict):
-    """The revision asked for is older than etcd's compacted history: list again at the latest."""
-
-
-class LeaseNotFound(NotFound):
-    """The lease expired or was revoked (a put bound to it is refused)."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One change under a watched prefix.
-
-    `PUT`/`DELETE` carry the key and its `mod_revision` (a DELETE's value is empty).
-    `RESYNC` means the history to resume from was compacted: `mod_revision` is the compact
-    revision, and it is the last event of its iterator; list again and watch from there.
-    `PROGRESS` (only with `progress_notify=True`) says every change up to `mod_revision` has been
-    delivered.
-    """
-
-    type: EventType
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int = 0
-    prev_value: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TxnResult:
-    """`responses` follow the ops of the branch that ran: `Op.get` gives `list[KeyValue]`,
-    `Op.delete` the number of keys deleted, `Op.put` None."""
-
-    succeeded: bool
-    revision: int
-    responses: list[list[KeyValue] | int | None]
-
-
-_COMPARE_RESULTS = {
-    "==": rpc.Compare.EQUAL,
-    "!=": rpc.Compare.NOT_EQUAL,
-    "<": rpc.Compare.LESS,
-    ">": rpc.Compare.GREATER,
-}
-
-
-def _compare(key: str, op: CompareOp, target: int, **expected: int | bytes) -> rpc.Compare:
-    try:
-        result = _COMPARE_RESULTS[op]
-    except KeyError:
-        raise ValueError(f"compare operator must be one of ==, !=, <, >; got {op!r}") from None
-    return rpc.Compare(result=result, target=target, key=key.encode(), **expected)
-
-
-class Compare:
-    """One condition of a transaction. A missing key has revisions and version 0, so
-    `Compare.mod_revision(key, "==", 0)` means "does not exist"."""
-
-    __slots__ = ("pb",)
-
-    def __init__(self, pb: rpc.Compare) -> None:
-        self.pb = pb
-
-    @classmethod
-    def mod_revision(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(_compare(key, op, rpc.Compare.MOD, mod_revision=value))
-
-    @classmethod
-    def create_revision(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(_compare(key, op, rpc.Compare.CREATE, create_revision=value))
-
-    @classmethod
-    def version(cls, key: str, op: CompareOp, value: int) -> Compare:
-        return cls(_compare(key, op, rpc.Compare.VERSION, version=value))
-
-    @classmethod
-    def value(cls, key: str, op: CompareOp, value: bytes | str) -> Compare:
-        """Note: etcd fails a value compare on a missing key whatever the operator."""
-        return cls(_compare(key, op, rpc.Compare.VALUE, value=_bytes(value)))
-
-
-class Op:
-    """One operation of a transaction branch."""
-
-    __slots__ = ("pb",)
-
-    def __init__(self, pb: rpc.RequestOp) -> None:
-        self.pb = pb
-
-    @classmethod
-    def put(cls, key: str, value: bytes | str, lease: int = 0) -> Op:
-        return cls(
-            rpc.RequestOp(
-                request_put=rpc.PutRequest(key=key.encode(), value=_bytes(value), lease=lease)
-            )
-        )
-
-    @classmethod
-    def delete(cls, key: str) -> Op:
-        return cls(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key.encode())))
-
-    @classmethod
-    def get(cls, key: str) -> Op:
-        return cls(rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode())))
 
 
 class Lease:
@@ -314,7 +225,7 @@ class EtcdStore:
     # -- reads ------------------------------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
         resp = await self._call(self._kv.get(key.encode(), timeout=self._timeout))
-        return _kv(resp.kvs[0]) if resp.kvs else None
+        return kv_from_pb(resp.kvs[0]) if resp.kvs else None
 
     async def list_prefix(self, prefix: str, *, revision: int = 0) -> tuple[list[KeyValue], int]:
         """Every key under `prefix` in key order, as of one revision, and that revision.
@@ -338,7 +249,7 @@ class EtcdStore:
             )
             if revision == 0:
                 revision = resp.header.revision
-            items.extend(_kv(kv) for kv in resp.kvs)  # etcd returns ranges in key order
+            items.extend(kv_from_pb(kv) for kv in resp.kvs)  # etcd returns ranges in key order
             if not resp.more:
                 return items, revision
             start = resp.kvs[-1].key + b"\0"
@@ -358,7 +269,7 @@ class EtcdStore:
                 timeout=self._timeout,
             )
         )
-        return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
+        return [kv_from_pb(kv) for kv in resp.kvs], int(resp.header.revision)
 
     async def revision(self) -> int:
         """etcd's current revision (a linearizable read)."""
@@ -377,7 +288,7 @@ class EtcdStore:
     async def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
         """Write unconditionally; returns the new mod revision."""
         resp = await self._call(
-            self._kv.put(key.encode(), _bytes(value), lease, timeout=self._timeout)
+            self._kv.put(key.encode(), as_bytes(value), lease, timeout=self._timeout)
         )
         return int(resp.header.revision)
 
@@ -428,7 +339,9 @@ class EtcdStore:
             [o.pb for o in failure] if failure else (),
         )
         return TxnResult(
-            resp.succeeded, int(resp.header.revision), [_op_response(r) for r in resp.responses]
+            resp.succeeded,
+            int(resp.header.revision),
+            [op_response_from_pb(r) for r in resp.responses],
         )
 
     async def compact(self, revision: int) -> None:
@@ -488,7 +401,11 @@ class EtcdStore:
                         )
                     if resp.events:
                         # The filter only matters if etcd ever replays: a change is never repeated.
-                        batch = [_event(ev) for ev in resp.events if ev.kv.mod_revision >= next_rev]
+                        batch = [
+                            event_from_pb(ev)
+                            for ev in resp.events
+                            if ev.kv.mod_revision >= next_rev
+                        ]
                         if batch:
                             next_rev = batch[-1].mod_revision + 1
                             yield batch
@@ -614,42 +531,6 @@ class EtcdStore:
         )
 
 
-def _bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value
-
-
-def _kv(kv: Any) -> KeyValue:  # an mvccpb.KeyValue
-    return KeyValue(
-        kv.key.decode(), kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease
-    )
-
-
-def _event(ev: Any) -> WatchEvent:  # an mvccpb.Event
-    kv = ev.kv
-    return WatchEvent(
-        "DELETE" if ev.type else "PUT",
-        kv.key.decode(),
-        kv.value,
-        kv.mod_revision,
-        kv.create_revision,
-        ev.prev_kv.value if ev.HasField("prev_kv") else None,
-    )
-
-
-def _op_response(resp: rpc.ResponseOp) -> list[KeyValue] | int | None:
-    kind = resp.WhichOneof("response")
-    if kind == "response_range":
-        return [_kv(kv) for kv in resp.response_range.kvs]
-    if kind == "response_delete_range":
-        return int(resp.response_delete_range.deleted)
-    return None
-
-
-async def _hold_open(request: rpc.WatchRequest) -> AsyncIterator[rpc.WatchRequest]:
-    yield request
-    await asyncio.Event().wait()  # ending the request stream would end the watch
-
-
 def _strip_scheme(endpoint: str) -> str:
     if endpoint.startswith("https://"):
         raise ValueError(f"TLS etcd endpoints are not supported: {endpoint}")
@@ -676,3 +557,8 @@ async def _resolve(endpoints: list[str]) -> list[str]:
             host = infos[0][4][0]
         resolved.append(f"{host}:{port}")
     return resolved
+
+
+async def _hold_open(request: rpc.WatchRequest) -> AsyncIterator[rpc.WatchRequest]:
+    yield request
+    await asyncio.Event().wait()  # ending the request stream would end the watch
