@@ -367,10 +367,32 @@ class EtcdStore:
         quiet (every 5 s on `EmbeddedEtcd`, 10 min by etcd's default). Cancel the consuming task
         (or `aclose()` the iterator) to stop.
         """
+        key = prefix.encode()
+        async for batch in self.watch_range(
+            prefix,
+            prefix_range_end(key).decode("latin-1"),
+            start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+        ):
+            yield batch
+
+    async def watch_range(
+        self,
+        start: str,
+        end: str,
+        start_revision: int,
+        *,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """`watch_prefix` over the keys in [start, end): one ordered stream for keys under
+        several prefixes (a node's object and its agent's report), filtered by the caller."""
         if start_revision <= 0:
             start_revision = await self.revision() + 1
-        key = prefix.encode()
-        range_end = prefix_range_end(key)
+        prefix = start
+        key = start.encode()
+        range_end = end.encode("latin-1")
         next_rev = start_revision
         backoff = _WATCH_BACKOFF_MIN
         broken = False

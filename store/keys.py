@@ -47,6 +47,15 @@ class KeyLayout:
         """Observed status written by the object's owner (agent, router, scheduler)."""
         return f"{self.root}/status/{plural}/{project}/{name}"
 
+    def statuses(self, plural: str, project: str | None = None) -> str:
+        if project is None:
+            return f"{self.root}/status/{plural}/"
+        return f"{self.root}/status/{plural}/{project}/"
+
+    def parse_status(self, key: str) -> ObjectKey:
+        plural, project, name = key[len(self.root) + len("/status/") :].split("/", 2)
+        return ObjectKey(plural, project, name)
+
     # events, audit, tokens, elections ----------------------------------------------------
     def events(self, project: str | None = None) -> str:
         return f"{self.root}/events/" if project is None else f"{self.root}/events/{project}/"

@@ -15,7 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from infermesh.errors import BadRequest, Invalid, NotFound
+from infermesh.model import Node
 from infermesh.store.api.http import json_response, read_json
+from infermesh.store.api.nodes import ensure_node_object
 from infermesh.store.api.objects import authorized
 from infermesh.store.repository import Obj, now
 
@@ -192,6 +194,8 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
     body = await read_json(request) if (await request.body()).strip() else {}
     if not isinstance(body, dict):
         raise BadRequest("action body must be a JSON object")
+    if cls is Node:  # a node only its agent knows yet gets its object now
+        await ensure_node_object(state, project, name, principal.subject)
     current = state.repo.cached(cls.__name__, project, name)
     if current is None:
         raise NotFound(f"{cls.__name__} {name!r} not found in project {project!r}")

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 
 import infermesh
 from infermesh.errors import MeshError
-from infermesh.store.api import actions, admin, objects, streams
+from infermesh.store.api import actions, admin, nodes, objects, streams
 from infermesh.store.api.http import (
     BodyLimit,
     RequestMetrics,
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.mesh = state
     # Fixed paths before the generic /v1/{plural} routes, which would otherwise swallow them.
     app.include_router(admin.router)
+    app.include_router(nodes.router)
     app.include_router(streams.router)
     app.include_router(actions.router)
     app.include_router(objects.router)

@@ -38,6 +38,11 @@ def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
     return auth.Principal.from_json(json.loads(value))
 
 
+def _decode_report(_: str, value: bytes, __: int) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(value)
+    return report
+
+
 @dataclass
 class ApiState:
     settings: Settings
@@ -45,6 +50,7 @@ class ApiState:
     store: EtcdStore = field(init=False)
     objects: WatchCache[Stored] = field(init=False)
     tokens: WatchCache[auth.Principal] = field(init=False)
+    reports: WatchCache[dict[str, Any]] = field(init=False)  # agents' node reports
     committer: Committer = field(init=False)
     repo: ObjectRepository = field(init=False)
     controller: ReferenceController = field(init=False)
@@ -54,6 +60,7 @@ class ApiState:
         self.store = EtcdStore(self.settings.etcd_endpoints)
         self.objects = WatchCache(self.store, self.keys.objects(), decode)
         self.tokens = WatchCache(self.store, self.keys.tokens(), _decode_principal)
+        self.reports = WatchCache(self.store, self.keys.statuses("nodes"), _decode_report)
         self.committer = Committer(self.store, self.keys)
         self.repo = ObjectRepository(self.store, self.keys, self.committer, self.objects)
         self.controller = ReferenceController(
@@ -65,9 +72,9 @@ class ApiState:
         await self.committer.start()
         await self.objects.start()
         await self.tokens.start()
-        await asyncio.wait_for(
-            asyncio.gather(self.objects.synced.wait(), self.tokens.synced.wait()), timeout=30
-        )
+        await self.reports.start()
+        caches = (self.objects, self.tokens, self.reports)
+        await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in caches)), timeout=30)
         if self.settings.bootstrap_token:
             await self.ensure_token(
                 self.settings.bootstrap_token,
@@ -78,6 +85,7 @@ class ApiState:
 
     async def stop(self) -> None:
         await self.controller.stop()
+        await self.reports.stop()
         await self.tokens.stop()
         await self.objects.stop()
         await self.committer.stop()

@@ -65,8 +65,15 @@ async def watch_etcd(
     convert: Callable[[WatchEvent], dict[str, Any] | None],
     *,
     prev_kv: bool = False,
+    end: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    async for batch in state.store.watch_prefix(prefix, after + 1, prev_kv=prev_kv):
+    """SSE items for the changes under `prefix` (or in [prefix, end)) after revision `after`."""
+    batches = (
+        state.store.watch_prefix(prefix, after + 1, prev_kv=prev_kv)
+        if end is None
+        else state.store.watch_range(prefix, end, after + 1, prev_kv=prev_kv)
+    )
+    async for batch in batches:
         for event in batch:
             if event.type == "RESYNC":
                 yield sse(
