@@ -126,12 +126,50 @@ def node_status(obj: Obj) -> str:
     if spec.get("quarantine"):
         words.append("Quarantined")
     if spec.get("drain"):
-        words.append("Draining")
+        drained = (condition(obj, "Drained") or {}).get("status") == "True"
+        words.append("Drained" if drained else "Draining")
     if spec.get("cordoned"):
         words.append("Cordoned")
     ready = (condition(obj, "Ready") or {}).get("status")
     base = {"True": "Ready", "False": "NotReady"}.get(ready or "", "Unknown")
     return ",".join([base, *words])
+
+
+def _gpu_readings(obj: Obj) -> list[Obj]:
+    return [g for g in dig(obj, "status.gpus") or [] if isinstance(g, dict)]
+
+
+def _gpu_count(obj: Obj) -> str:
+    gpus, facts = _gpu_readings(obj), dig(obj, "status.facts") or {}
+    count = len(gpus) or facts.get("gpuCount")
+    name = facts.get("gpu") or (gpus[0].get("name") if gpus else None)
+    return f"{count}x{name}" if count and name else NONE
+
+
+def _util(obj: Obj) -> str:
+    gpus = _gpu_readings(obj)
+    if not gpus:
+        return NONE
+    return f"{sum(float(g.get('utilPct') or 0) for g in gpus) / len(gpus):.0f}%"
+
+
+def _vram(obj: Obj) -> str:
+    gpus = _gpu_readings(obj)
+    total = sum(float(g.get("memTotalMiB") or 0) for g in gpus)
+    if not total:
+        return NONE
+    used = sum(float(g.get("memUsedMiB") or 0) for g in gpus)
+    return f"{used / 1024:.0f}/{total / 1024:.0f}Gi"
+
+
+def _temp(obj: Obj) -> str:
+    temps = [float(g["tempC"]) for g in _gpu_readings(obj) if g.get("tempC") is not None]
+    return f"{max(temps):.0f}C" if temps else NONE
+
+
+def _power(obj: Obj) -> str:
+    watts = [float(g["powerW"]) for g in _gpu_readings(obj) if g.get("powerW") is not None]
+    return f"{sum(watts):.0f}W" if watts else NONE
 
 
 def _node_reason(obj: Obj) -> str | None:
@@ -253,6 +291,12 @@ COLUMNS: dict[str, list[Column]] = {
     "Node": [
         field("DOMAIN", "spec.domain"),
         field("CLASS", "spec.nodeClassRef"),
+        Column("GPUS", _gpu_count),
+        Column("UTIL", _util),
+        Column("VRAM", _vram),
+        Column("TEMP", _temp),
+        Column("POWER", _power, wide=True),
+        field("IN-FLIGHT", "status.inFlight"),
         Column("STATUS", node_status),
         field("ADDRESS", "spec.address", wide=True),
         Column("REASON", _node_reason, wide=True),
