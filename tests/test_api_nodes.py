@@ -10,8 +10,10 @@ import json
 from collections.abc import Iterator
 
 import httpx
+from click.testing import CliRunner
 from httpx_sse import ServerSentEvent
 
+from infermesh.cli import main
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import KeyLayout
 from tests.fixtures_api import ApiServer
@@ -144,3 +146,35 @@ def test_a_node_watch_sees_both_halves_in_order(api: ApiServer, project: str) ->
         moved = json.loads(next(stream).data)
         assert moved["spec"]["cordoned"] is True and moved["status"]["gpus"][0]["utilPct"] == 77.0
         stream.close()
+
+
+def test_mesh_shows_gpu_columns_and_per_gpu_detail(api: ApiServer, project: str) -> None:
+    body = report(util=63.0)
+    body["gpus"][0] |= {
+        "name": "H100-80G",
+        "memUsedMiB": 40960,
+        "memTotalMiB": 81920,
+        "powerW": 400,
+        "powerLimitW": 700,
+        "eccVolatileDbe": 0,
+    }
+    Agent(api, project, "gpu-4").put(body)
+    argv = ["--api", api.url, "--token", api.token, "-p", project]
+    with api.client() as c:
+        wait_until(lambda: names(c, project) == ["gpu-4"])
+    listed = CliRunner().invoke(main, [*argv, "get", "nodes"])
+    header, row = (line.split() for line in listed.stdout.splitlines())
+    assert header[:8] == ["NAME", "DOMAIN", "CLASS", "GPUS", "UTIL", "VRAM", "TEMP", "IN-FLIGHT"]
+    assert row[:8] == [
+        "gpu-4",
+        "cloud-eu",
+        "cloud-h100",
+        "1xH100-80G",
+        "63%",
+        "40/80Gi",
+        "40C",
+        "0",
+    ]
+    assert row[8] == "Ready"
+    described = CliRunner().invoke(main, [*argv, "describe", "node", "gpu-4"]).stdout
+    assert "[0] H100-80G | 40°C, 63 % | 40960 / 81920 MiB | 400 / 700 W | ECC 0/0" in described

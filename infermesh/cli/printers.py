@@ -172,6 +172,27 @@ def _power(obj: Obj) -> str:
     return f"{sum(watts):.0f}W" if watts else NONE
 
 
+def gpu_line(gpu: Obj) -> str:
+    """`[0] H100-80G | 41°C, 63 % | 51234 / 81559 MiB | 402 / 700 W | ECC 0/0 | GPU-…`"""
+    ecc = f"ECC {gpu.get('eccVolatileSbe', 0)}/{gpu.get('eccVolatileDbe', 0)}"
+    throttle = ",".join(gpu.get("throttleReasons") or [])
+    parts = [
+        f"[{gpu.get('index', '?')}] {gpu.get('name') or ''}".rstrip(),
+        f"{_num(gpu.get('tempC'))}°C, {_num(gpu.get('utilPct'))} %",
+        f"{_num(gpu.get('memUsedMiB'))} / {_num(gpu.get('memTotalMiB'))} MiB",
+        f"{_num(gpu.get('powerW'))} / {_num(gpu.get('powerLimitW'))} W",
+        ecc,
+        *([f"throttle {throttle}"] if throttle else []),
+        *([f"MIG {gpu['migProfile']}"] if gpu.get("migProfile") else []),
+        str(gpu.get("uuid") or ""),
+    ]
+    return " | ".join(p for p in parts if p)
+
+
+def _num(value: Any) -> str:
+    return "?" if value is None else f"{float(value):.0f}"
+
+
 def _node_reason(obj: Obj) -> str | None:
     return dig(obj, "spec.quarantine.reason") or dig(obj, "spec.drain.reason")
 
@@ -401,7 +422,12 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
         click.echo(f"{key + ':':<18}{text(value)}")
     click.echo("Spec:")
     click.echo(_indent(to_yaml(obj.get("spec") or {})))
-    status = {k: v for k, v in (obj.get("status") or {}).items() if k != "conditions"}
+    gpus = _gpu_readings(obj)
+    if gpus:  # one gpustat-like line per GPU reads faster than their YAML
+        click.echo("GPUs:")
+        click.echo(_indent("\n".join(gpu_line(g) for g in gpus)))
+    hidden = {"conditions", "gpus"}
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k not in hidden}
     if status:
         click.echo("Status:")
         click.echo(_indent(to_yaml(status)))
