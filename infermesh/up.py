@@ -70,6 +70,9 @@ class Plan:
     api_port: int
     token: str
     embedded_etcd: EmbeddedEtcd | None
+    nodes: int | None = None  # fleet size; None: the fleet file's own counts; 0: no fleet
+    fleet_port: int = 0
+    project: str = "default"
 
     @property
     def api_url(self) -> str:
@@ -79,7 +82,7 @@ class Plan:
 def services(plan: Plan) -> list[Service]:
     """The mesh's processes in start order (stopped in reverse)."""
     python = [sys.executable, "-m", "infermesh"]
-    return [
+    out = [
         Service(
             "api",
             [
@@ -97,6 +100,32 @@ def services(plan: Plan) -> list[Service]:
             url=plan.api_url,
         ),
     ]
+    if plan.nodes != 0:
+        fleet_url = f"http://127.0.0.1:{plan.fleet_port}"
+        argv = [
+            *python,
+            "--api",
+            plan.api_url,
+            "-p",
+            plan.project,
+            "fleet",
+            "--etcd",
+            ",".join(plan.etcd_endpoints),
+            "--port",
+            str(plan.fleet_port),
+        ]
+        if plan.nodes is not None:
+            argv += ["--nodes", str(plan.nodes)]
+        out.append(
+            Service(
+                "fleet",
+                argv,
+                env={"INFERMESH_TOKEN": plan.token},
+                ready_url=f"{fleet_url}/healthz",
+                url=fleet_url,
+            )
+        )
+    return out
 
 
 def port_is_free(port: int) -> bool:
@@ -108,7 +137,13 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def make_plan(home: Path, etcd: list[str] | None, api_port: int | None) -> Plan:
+def make_plan(
+    home: Path,
+    etcd: list[str] | None,
+    api_port: int | None,
+    nodes: int | None = None,
+    project: str = "default",
+) -> Plan:
     etcd_dir = home / "etcd"
     reused = bool(etcd) or (etcd_dir / "data").exists()
     previous = read_context_file(context_path(home))
@@ -122,6 +157,9 @@ def make_plan(home: Path, etcd: list[str] | None, api_port: int | None) -> Plan:
         api_port=api_port,
         token=token or new_token(),
         embedded_etcd=None if etcd else EmbeddedEtcd(etcd_dir),
+        nodes=nodes,
+        fleet_port=free_port(),
+        project=project,
     )
 
 
@@ -282,13 +320,17 @@ def run(
     etcd: list[str] | None = None,
     api_port: int | None = None,
     project: str | None = None,
+    nodes: int | None = None,
 ) -> int:
     """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1).
 
     `etcd`: endpoints of an etcd to use instead of starting one; `project`: the context's
-    project (default: the one the context file already names, else `default`)."""
+    project (default: the one the context file already names, else `default`); `nodes`: the
+    simulated fleet's size (None: the default fleet's 8 nodes; 0: no fleet)."""
     home.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(home, etcd, api_port)
+    previous = read_context_file(context_path(home))
+    project = project or (previous.project if previous else None) or "default"
+    plan = make_plan(home, etcd, api_port, nodes, project)
     sup = Supervisor(plan)
     with sup.signals():
         try:
@@ -302,7 +344,7 @@ def run(
                 ctx.api_url, ctx.token = plan.api_url, plan.token
                 ctx.etcd_endpoints = plan.etcd_endpoints
                 ctx.router_url = ctx.dask_scheduler = None  # not run by `up` yet
-                ctx.project = project or ctx.project
+                ctx.project = project
                 console.print(summary(plan, sup, write_context(ctx, home=home)))
                 sup.supervise()
         except ChildFailed as exc:

@@ -41,6 +41,10 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def table(out: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -110,13 +114,29 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         assert (home / "context.json").stat().st_mode & 0o777 == 0o600
         assert httpx.get(f"{ctx['api_url']}/readyz").status_code == 200
         children = children_of(up.proc.pid)
-        assert len(children) == 2  # etcd and the API
+        assert len(children) == 3  # etcd, the API and the simulated fleet
         assert ctx["token"] not in up.output()  # the token is never printed
 
         runner = CliRunner()
+        nodes = table(runner.invoke(main, ["get", "nodes"]).stdout)
+        assert len(nodes) == 1 + 8  # the default fleet, registered before `up` says it is up
+        assert {row[nodes[0].index("STATUS")] for row in nodes[1:]} == {"Ready"}
+
         first = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
         assert first.exit_code == 0, first.output
-        assert [line.rsplit(" ", 1)[1] for line in first.stdout.splitlines()] == ["created"] * 5
+        # The fleet applied the domains its nodes live in; the seed's edge-eu is the same one.
+        assert first.stdout.splitlines() == [
+            "domain/edge-eu unchanged",
+            *(
+                f"{o} created"
+                for o in (
+                    "capacitypool/prod-gold",
+                    "strategy/hybrid_mesh@1.0",
+                    "endpoint/chat-pro",
+                    "job/ft-news-xxl",
+                )
+            ),
+        ]
         again = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
         assert [line.rsplit(" ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * 5
 
@@ -126,7 +146,7 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
 
         # Same home: same data, same token, so every context that holds it still works.
         started = time.time()
-        up = Up(home, "--api-port", str(port))
+        up = Up(home, "--api-port", str(port), "--nodes", "0")
         assert up.wait_ready(started)["token"] == ctx["token"]
         listed = runner.invoke(main, ["get", "domains"])
         assert listed.exit_code == 0 and "edge-eu" in listed.stdout
@@ -136,13 +156,14 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "argv_part"), [("api", "infermesh\0api"), ("etcd", "etcdbin/etcd")]
+    ("name", "argv_part"),
+    [("api", "infermesh\0api"), ("etcd", "etcdbin/etcd"), ("fleet", "\0fleet\0")],
 )
 def test_a_dying_child_is_reported_and_stops_the_rest(
     home: Path, name: str, argv_part: str
 ) -> None:
     started = time.time() - 1
-    up = Up(home, "--api-port", str(free_port()))
+    up = Up(home, "--api-port", str(free_port()), "--nodes", "1")
     try:
         up.wait_ready(started)
         children = children_of(up.proc.pid)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import click
 
+from infermesh.agent.cli import agent
+from infermesh.agent.fleet_cli import fleet
+from infermesh.agent.sim.cli import sim_runtime
 from infermesh.cli import actions, objects, observe, services
 from infermesh.cli.common import CliState, MeshGroup
 
@@ -26,5 +29,13 @@ def main(ctx: click.Context, api: str | None, token: str | None, project: str | 
     ctx.obj = CliState(api=api, token=token, project=project)
 
 
-for command in (*objects.COMMANDS, *actions.COMMANDS, *observe.COMMANDS, *services.COMMANDS):
+for command in (
+    *objects.COMMANDS,
+    *actions.COMMANDS,
+    *observe.COMMANDS,
+    *services.COMMANDS,
+    agent,
+    fleet,
+    sim_runtime,
+):
     main.add_command(command)

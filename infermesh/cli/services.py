@@ -30,17 +30,25 @@ def split_endpoints(value: str) -> list[str]:
     type=click.Path(file_okay=False, path_type=Path),
     help="State directory (default: $INFERMESH_HOME or ~/.infermesh).",
 )
+@click.option(
+    "--nodes",
+    type=click.IntRange(0, 5000),
+    help="Simulated fleet size (default: the built-in fleet's 8 nodes; 0: no fleet).",
+)
 @pass_state
-def up(state: CliState, etcd: str | None, api_port: int | None, home: Path | None) -> None:
+def up(
+    state: CliState, etcd: str | None, api_port: int | None, home: Path | None, nodes: int | None
+) -> None:
     """Run a whole local mesh until Ctrl-C.
 
-    Starts etcd (unless --etcd) and the API, then writes the context file every client
-    reads."""
+    Starts etcd (unless --etcd), the API and a simulated GPU fleet, then writes the context
+    file every client reads."""
     code = run(
         home=(home or infermesh_home()).expanduser().resolve(),
         etcd=split_endpoints(etcd) if etcd else None,
         api_port=api_port,
         project=state.project,
+        nodes=nodes,
     )
     raise SystemExit(code)
 

@@ -1,0 +1,89 @@
+"""The simulated fleet: runtimes and real agents in one process, against real etcd and the API."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infermesh.agent.fleet import SimulatedFleet, load_fleet, sized
+from infermesh.client import AsyncMeshClient
+from infermesh.errors import Invalid
+from infermesh.store.etcd import EtcdStore
+from tests.fixtures_api import ApiServer
+
+
+def test_the_default_fleet_spans_three_domains_and_three_gpu_kinds() -> None:
+    fleet = load_fleet()
+    groups = fleet.spec.groups
+    assert sum(g.count for g in groups) == 8
+    assert {g.domain for g in groups} == {"edge-eu", "cloud-eu", "cloud-us"}
+    assert {g.profile for g in groups} == {"H100", "A100", "L4"}
+    kinds = {(o.kind, o.metadata.name) for o in fleet.objects}
+    assert {("Domain", g.domain) for g in groups} <= kinds
+    assert {("NodeClass", g.nodeClass) for g in groups} <= kinds
+    assert [g.count for g in sized(fleet.spec, 13)] == [3, 2, 2, 2, 2, 2]
+
+
+def test_a_bad_fleet_file_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("apiVersion: v1\nkind: Fleet\nmetadata: {name: f}\nspec: {groups: []}\n")
+    with pytest.raises(Invalid, match="groups"):
+        load_fleet(path)
+    path.write_text("apiVersion: v1\nkind: Domain\nmetadata: {name: d}\nspec: {}\n")
+    with pytest.raises(Invalid, match="exactly one 'kind: Fleet'"):
+        load_fleet(path)
+
+
+def busy(node: dict) -> bool:
+    """Telemetry followed the load, through the agent, into the API."""
+    gpus = node["status"].get("gpus") or [{}]
+    return node["status"].get("inFlight", 0) > 0 and gpus[0].get("utilPct", 0) > 0
+
+
+async def test_fleet_nodes_register_report_load_and_leave(api: ApiServer, project: str) -> None:
+    async with EtcdStore(api.etcd.endpoints) as store:
+        client = AsyncMeshClient(api.url, api.token, project=project)
+        fleet = SimulatedFleet(
+            load_fleet(),
+            store,
+            client,
+            project=project,
+            etcd_prefix=api.prefix,
+            nodes=3,
+        )
+        try:
+            await fleet.start()
+            nodes = (await client.list("nodes")).items
+            assert sorted(n["metadata"]["name"] for n in nodes) == [
+                "edge-h100-1",
+                "edge-l4-1",
+                "eu-h100-1",
+            ]
+            assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
+
+            l4 = next(n for n in fleet.nodes if n.name == "edge-l4-1")
+            async with httpx.AsyncClient(timeout=30) as http:
+                body = {
+                    "model": "chat-8b@fp16",
+                    "max_tokens": 400,
+                    "messages": [{"role": "user", "content": "hello " * 100}],
+                }
+                load = [
+                    asyncio.create_task(http.post(f"{l4.sim.url}/v1/chat/completions", json=body))
+                    for _ in range(8)
+                ]
+                try:
+                    async with asyncio.timeout(30):
+                        while not busy(await client.get("nodes", "edge-l4-1")):
+                            await asyncio.sleep(0.2)
+                finally:
+                    for task in load:
+                        task.cancel()
+                    await asyncio.gather(*load, return_exceptions=True)
+        finally:
+            await fleet.stop()
+            assert (await client.list("nodes")).items == []  # a clean stop removes the nodes
+            await client.aclose()
