@@ -149,7 +149,7 @@ def node_facts(
     class_name: str | None,
 ) -> Facts:
     """The node's facts: its NodeClass, then the Node object's domain/region/zone, then what
-    NVML found (GPU name, count, VRAM), then the agent's flags."""
+    NVML found (GPU count and VRAM; the name where the class gives none), then the flags."""
     facts = Facts.from_node_class(node_class) if node_class else Facts(nodeClass=class_name)
     update: dict[str, object] = {}
     if node is not None:
@@ -157,7 +157,9 @@ def node_facts(
         update |= {k: v for k, v in placed.items() if v is not None}
     if detected is not None:
         gpu, count, vram = detected
-        update |= {"gpu": gpu, "gpuCount": count, "vramGB": vram}
+        update |= {"gpuCount": count, "vramGB": vram}
+        if facts.gpu is None:  # a NodeClass's GPU name is the mesh's vocabulary: keep it
+            update["gpu"] = gpu
     for f in fields(overrides):
         value = getattr(overrides, f.name)
         if value is not None:
@@ -166,7 +168,11 @@ def node_facts(
 
 
 class Agent:
-    """One node's agent. `start()`, then it runs until `stop()`; `report` is its last report."""
+    """One node's agent. `start()`, then it runs until `stop()`; `report` is its last report.
+
+    `feed`, `lease` and `http` may be shared by many agents (a fleet); whoever passes them in
+    starts and stops them. Left out, the agent makes its own and owns them.
+    """
 
     def __init__(
         self,
@@ -341,6 +347,7 @@ class Agent:
         node = self._feed.node(self.name)
         spec = node.spec if node is not None else None
         rt = self._runtime.reading if self._runtime is not None else None
+        # A runtime that does not answer serves nothing: nothing is in flight on it.
         in_flight = rt.running + rt.waiting if rt is not None and rt.healthy else 0
         problem = None
         if rt is not None and not rt.healthy:
@@ -360,7 +367,12 @@ class Agent:
             runtime=rt,
             inFlight=in_flight,
             conditions=node_conditions(
-                spec, runtime_problem=problem, in_flight=in_flight, now=now, previous=previous
+                spec,
+                runtime_problem=problem,
+                in_flight=in_flight,
+                now=now,
+                previous=previous,
+                has_runtime=self._scraper is not None,
             ),
             heartbeat=now,
             observedGeneration=node.metadata.generation if node is not None else None,
@@ -420,7 +432,6 @@ class Agent:
         self._pending = self._pending[len(firings) :]
         self.stats.quarantines += 1
         log.warning("node %s quarantined: %s", self.name, reason)
-        self._wake.set()
 
     # status writes ----------------------------------------------------------------------------
     async def _write(self, report: NodeReport, mono: float) -> None:
@@ -441,8 +452,10 @@ class Agent:
                 log.warning("node %s: report not written: %s", self.name, exc)
             self._write_error = str(exc)
             return
-        if self._write_error or reason == "register":
+        if reason == "register":
             log.info("node %s registered at %s", self.name, self.key)
+        elif self._write_error:
+            log.info("node %s: reports are written again", self.name)
         self._write_error = ""
         self._written, self._written_at, self._written_epoch = report, mono, self._lease.epoch
         self.stats.wrote(reason)

@@ -55,12 +55,11 @@ def _drain_conditions(
         return _condition("Draining", False), _condition("Drained", False)
     since = drain.requestedAt
     before = previous.get("Drained")
-    already = (
+    if (
         before is not None
         and before.status == "True"
         and (since is None or (before.lastTransitionTime or now) >= since)
-    )
-    if already and before is not None:
+    ):
         return _condition("Draining", False), before
     if in_flight == 0:
         drained = _condition("Drained", True, "Drained", "no requests in flight", drain.actor)
@@ -85,10 +84,12 @@ def node_conditions(
     in_flight: int,
     now: datetime,
     previous: Sequence[ReportCondition] = (),
+    has_runtime: bool = True,
 ) -> list[ReportCondition]:
     """Ready, Cordoned, Draining, Drained and Quarantined from the operator's spec (None: no Node
-    object yet) and what the agent sees; `runtime_problem` is None while the runtime is healthy.
-    lastTransitionTime moves only when a status flips."""
+    object yet) and what the agent sees; `runtime_problem` is None while the runtime is healthy
+    (or, without `has_runtime`, when the agent watches none). lastTransitionTime moves only
+    when a status flips."""
     before = {c.type: c for c in previous}
     quarantine = spec.quarantine if spec else None
     if quarantine is not None:
@@ -106,7 +107,7 @@ def node_conditions(
         if runtime_problem is not None:
             ready = _condition("Ready", False, "RuntimeUnhealthy", runtime_problem)
         else:
-            ready = _condition("Ready", True, "RuntimeHealthy")
+            ready = _condition("Ready", True, "RuntimeHealthy" if has_runtime else "Reporting")
     if spec is not None and spec.cordoned:
         cordoned = _condition("Cordoned", True, "Cordoned", "no new placements; serving continues")
     else:
@@ -154,8 +155,7 @@ def _state(report: NodeReport) -> tuple[object, ...]:
 
 
 def _moved(last: NodeReport, current: NodeReport, band: Deadband) -> str | None:
-    if len(last.gpus) != len(current.gpus):
-        return "gpus"
+    """A telemetry move out of the band (the GPUs are the same ones: `_state` says so)."""
     for old, new in zip(last.gpus, current.gpus, strict=True):
         if abs(new.utilPct - old.utilPct) > band.util_pct:
             return "util"

@@ -235,10 +235,8 @@ class SimulatedGpus:
 
     def __init__(self, node: str, profile: GpuProfile, count: int) -> None:
         self.profile = profile
-        self._uuids = [
-            f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, f'infermesh-sim/{node}/{i}')}"
-            for i in range(count)
-        ]
+        self._node = node
+        self._uuids = [self._derived_uuid(i) for i in range(count)]
         self._util = 0.0
         self._intensity = 0.0
         self._temp = profile.idle_temp_c
@@ -265,6 +263,8 @@ class SimulatedGpus:
             powerLimitW=p.power_limit_w,
             throttleReasons=["HwThermalSlowdown"] if self._temp >= SLOWDOWN_TEMP_C else [],
         )
+        while len(self._uuids) < len(load.runtime_gpus):  # more GPUs than the facts said
+            self._uuids.append(self._derived_uuid(len(self._uuids)))
         readings = []
         for i in range(len(self._uuids)):
             if i < len(load.runtime_gpus):
@@ -274,6 +274,9 @@ class SimulatedGpus:
             else:
                 readings.append(modelled.model_copy(update={"index": i, "uuid": self._uuids[i]}))
         return readings
+
+    def _derived_uuid(self, index: int) -> str:
+        return f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, f'infermesh-sim/{self._node}/{index}')}"
 
     def _advance(self, load: GpuLoad, now: float) -> None:
         dt = 0.0 if self._at is None else now - self._at

@@ -8,6 +8,9 @@ error ratio over the last minute. A runtime whose scrapes keep failing is unheal
 Error ratio: 5xx answers over all answers on the inference routes, from the
 `http_requests_total{handler,status}` counter vLLM and SGLang export (prometheus-fastapi-
 instrumentator); TGI's own `tgi_request_success`/`tgi_request_failure` counters otherwise.
+
+The runtime simulator also exports its GPU (`infermesh_sim_gpu_*{gpu_uuid}`, faults included);
+those become `GpuReading`s for the simulated GPU source to report as is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -49,19 +53,31 @@ class Names:
     ok_requests: tuple[str, ...] = ()  # the runtime's own counters, when it has them
     failed_requests: tuple[str, ...] = ()
 
-    def prefixes(self) -> tuple[str, ...]:
-        own = (
-            *self.running,
-            *self.waiting,
-            *self.kv_cache,
-            *self.prompt_tokens,
-            *self.generation_tokens,
-            *self.ttft,
-            *self.itl,
-            *self.ok_requests,
-            *self.failed_requests,
+    def wanted(self, present: AbstractSet[str]) -> set[str]:
+        """The sample names worth parsing on a page that has `present`: of each group, the first
+        name the page has (a legacy name only when the current one is missing)."""
+        out: set[str] = set()
+        scalars = (
+            self.running,
+            self.waiting,
+            self.kv_cache,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.ok_requests,
+            self.failed_requests,
+            (HTTP_REQUESTS,),
         )
-        return (*own, SIM_GPU, HTTP_REQUESTS)
+        for group in scalars:
+            for name in group:
+                if found := {name, f"{name}_total"} & present:  # counters: either spelling
+                    out |= found
+                    break
+        for group in (self.ttft, self.itl):
+            for name in group:
+                if f"{name}_bucket" in present:
+                    out.add(f"{name}_bucket")
+                    break
+        return out
 
 
 NAMES: dict[RuntimeKind, Names] = {
@@ -147,16 +163,22 @@ class RuntimeSample:
     gpus: tuple[GpuReading, ...] = ()  # the runtime simulator's own GPUs, faults included
 
 
-def _keep(text: str, prefixes: tuple[str, ...]) -> str:
+def _keep(text: str, names: Names) -> str:
     """Only the sample lines we read: parsing is the agent's main cost with thousands of
-    runtimes, and a vLLM page is mostly histograms nobody here needs. Comments go too: we read
-    samples by name, so TYPE lines are not needed."""
-    return "\n".join(line for line in text.splitlines() if line.startswith(prefixes))
+    runtimes, and a vLLM page is mostly metrics nobody here needs (and deprecated twins of the
+    ones we read). Comments go too: samples are read by name, so TYPE lines are not needed."""
+    lines = [(line.split("{", 1)[0].split(" ", 1)[0], line) for line in text.splitlines()]
+    wanted = names.wanted({name for name, _ in lines})
+    return "\n".join(
+        line
+        for name, line in lines
+        if name in wanted or (name.startswith(SIM_GPU) and not name.endswith("_created"))
+    )
 
 
-def _samples(text: str, prefixes: tuple[str, ...]) -> dict[str, list[Sample]]:
+def _samples(text: str, names: Names) -> dict[str, list[Sample]]:
     by_name: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(_keep(text, prefixes)):
+    for family in text_string_to_metric_families(_keep(text, names)):
         for sample in family.samples:
             by_name.setdefault(sample.name, []).append(sample)
     return by_name
@@ -254,7 +276,7 @@ def parse_metrics(kind: RuntimeKind, text: str) -> RuntimeSample:
             f"sglang:{line[7:]}" if line.startswith("sglang_") else line
             for line in text.splitlines()
         )
-    samples = _samples(text, names.prefixes())
+    samples = _samples(text, names)
     http = _http_requests(samples)
     ok, failed = http if http is not None else (None, None)
     return RuntimeSample(

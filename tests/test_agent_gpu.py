@@ -105,6 +105,9 @@ async def test_the_runtime_simulators_gpu_is_gpu_zero_faults_included() -> None:
     # The runtime going away does not change the GPU's identity.
     (again, _) = await gpus.read(IDLE, 1.0)
     assert again.uuid == "GPU-from-sim"
+    # A node whose facts name no GPUs still shows the one its runtime exports.
+    (only,) = await SimulatedGpus("n9", profile_for(None), 0).read(load, 0.0)
+    assert only == exported
 
 
 def test_throttle_reasons_and_mig_profiles_decode_as_nvml_names_them() -> None:

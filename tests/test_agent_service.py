@@ -401,6 +401,7 @@ async def test_metrics_and_healthz_on_the_agents_own_port(
         text = (await http.get("/metrics")).text
         health = (await http.get("/healthz")).json()
         missing = await http.get("/nope")
+        not_allowed = await http.post("/metrics")
     uuid = report.gpus[0].uuid
     gpu = {"node": "m1", "gpu_uuid": uuid, "mig_profile": "", "zone": "us-east-1a"}
     node = {"node": "m1", "zone": "us-east-1a"}
@@ -425,6 +426,7 @@ async def test_metrics_and_healthz_on_the_agents_own_port(
         "gpuSource": "simulated",
     }
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "NotFound"
+    assert not_allowed.status_code == 405
 
 
 def sample(text: str, name: str, labels: dict[str, str]) -> float:

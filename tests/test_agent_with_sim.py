@@ -24,7 +24,7 @@ MODEL = "llama-3.1-8b@bf16"
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def sim() -> AsyncIterator[RunningSim]:
-    running = await start(SimConfig(model=MODEL, profile="H100", seed=7, time_scale=0.2))
+    running = await start(SimConfig(model=MODEL, profile="H100", seed=7))
     yield running
     await running.stop()
 
@@ -64,7 +64,7 @@ async def test_telemetry_follows_the_load_on_the_runtime(
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "tell me a long story"}],
-        "max_tokens": 400,
+        "max_tokens": 4000,  # longer than the test: the load lasts until it is called off
     }
     async with httpx.AsyncClient(base_url=sim.url, timeout=60) as http:
         requests = [
@@ -73,8 +73,9 @@ async def test_telemetry_follows_the_load_on_the_runtime(
         try:
             await until(loaded, "tokens/s and GPU utilisation rise under load")
         finally:
-            answers = await asyncio.gather(*requests)
-    assert all(a.status_code == 200 for a in answers)
+            for request in requests:
+                request.cancel()  # the simulator drops the work of a client that went away
+            await asyncio.gather(*requests, return_exceptions=True)
 
 
 async def test_an_injected_ecc_error_quarantines_the_node(
