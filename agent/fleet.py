@@ -30,10 +30,11 @@ from infermesh.agent.lease import LeaseKeeper
 from infermesh.agent.metrics import agent_registry
 from infermesh.agent.sim.server import RunningSim, start
 from infermesh.agent.sim.simulator import SimConfig
+from infermesh.agent.sim.wan import DEFAULT_RTT_MS, Location, Wan
 from infermesh.client import AsyncMeshClient
 from infermesh.errors import Invalid
 from infermesh.manifest import load_documents, parse_documents
-from infermesh.model import Name, Resource, StrictModel
+from infermesh.model import LinkClass, Name, Resource, StrictModel
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import KeyLayout
 
@@ -58,6 +59,8 @@ class FleetGroup(StrictModel):
 
 class FleetSpec(StrictModel):
     groups: list[FleetGroup] = Field(min_length=1)
+    # Round trip (ms) per link class, paid by requests from another zone, region or domain.
+    linkClasses: dict[LinkClass, float] = Field(default_factory=lambda: dict(DEFAULT_RTT_MS))
 
 
 class FleetMeta(StrictModel):
@@ -136,6 +139,7 @@ class SimulatedFleet:
         self._store, self._client = store, client
         self._project, self._prefix = project, etcd_prefix
         self._groups = sized(fleet.spec, nodes)
+        self._domain_regions = {g.domain: g.region for g in fleet.spec.groups if g.region}
         self._time_scale = time_scale
         self._agent_http = agent_http
         self._feed = SpecFeed(store, KeyLayout(etcd_prefix), project)
@@ -159,6 +163,11 @@ class SimulatedFleet:
         log.info("fleet: %d nodes up", len(self.nodes))
 
     async def _start_node(self, group: FleetGroup, name: str, seed: int) -> FleetNode:
+        wan = Wan(
+            Location(group.domain, group.region, group.zone),
+            self._domain_regions,
+            self.fleet.spec.linkClasses,
+        )
         sim = await start(
             SimConfig(
                 model=group.model,
@@ -166,6 +175,7 @@ class SimulatedFleet:
                 max_num_seqs=group.maxNumSeqs,
                 seed=seed,
                 time_scale=self._time_scale,
+                wan=wan,
             )
         )
         config = AgentConfig(

@@ -73,6 +73,7 @@ class Plan:
     nodes: int | None = None  # fleet size; None: the fleet file's own counts; 0: no fleet
     fleet_port: int = 0
     project: str = "default"
+    fleet_file: Path | None = None  # None: the built-in fleet
 
     @property
     def api_url(self) -> str:
@@ -116,6 +117,8 @@ def services(plan: Plan) -> list[Service]:
         ]
         if plan.nodes is not None:
             argv += ["--nodes", str(plan.nodes)]
+        if plan.fleet_file is not None:
+            argv += ["--fleet", str(plan.fleet_file)]
         out.append(
             Service(
                 "fleet",
@@ -143,6 +146,7 @@ def make_plan(
     api_port: int | None,
     nodes: int | None = None,
     project: str = "default",
+    fleet_file: Path | None = None,
 ) -> Plan:
     etcd_dir = home / "etcd"
     reused = bool(etcd) or (etcd_dir / "data").exists()
@@ -160,6 +164,7 @@ def make_plan(
         nodes=nodes,
         fleet_port=free_port(),
         project=project,
+        fleet_file=fleet_file,
     )
 
 
@@ -321,16 +326,18 @@ def run(
     api_port: int | None = None,
     project: str | None = None,
     nodes: int | None = None,
+    fleet_file: Path | None = None,
 ) -> int:
     """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1).
 
     `etcd`: endpoints of an etcd to use instead of starting one; `project`: the context's
     project (default: the one the context file already names, else `default`); `nodes`: the
-    simulated fleet's size (None: the default fleet's 8 nodes; 0: no fleet)."""
+    simulated fleet's size (None: the fleet file's own counts; 0: no fleet); `fleet_file`: a
+    fleet file instead of the built-in 8-node fleet."""
     home.mkdir(parents=True, exist_ok=True)
     previous = read_context_file(context_path(home))
     project = project or (previous.project if previous else None) or "default"
-    plan = make_plan(home, etcd, api_port, nodes, project)
+    plan = make_plan(home, etcd, api_port, nodes, project, fleet_file)
     sup = Supervisor(plan)
     with sup.signals():
         try:

@@ -9,6 +9,9 @@ import httpx
 import pytest
 
 from infermesh.agent.fleet import SimulatedFleet, load_fleet, sized
+from infermesh.agent.sim.server import start
+from infermesh.agent.sim.simulator import SimConfig
+from infermesh.agent.sim.wan import Location, Wan
 from infermesh.client import AsyncMeshClient
 from infermesh.errors import Invalid
 from infermesh.store.etcd import EtcdStore
@@ -87,3 +90,37 @@ async def test_fleet_nodes_register_report_load_and_leave(api: ApiServer, projec
             await fleet.stop()
             assert (await client.list("nodes")).items == []  # a clean stop removes the nodes
             await client.aclose()
+
+
+def test_the_wan_prices_a_caller_by_the_link_between_it_and_the_node() -> None:
+    wan = Wan(
+        Location("edge-eu", "eu-west", "eu-west-1a"),
+        {"edge-eu": "eu-west", "cloud-eu": "eu-central", "cloud-us": "us-east"},
+    )
+    assert wan.link_class(Location()) is None  # a caller that says nothing is local
+    assert wan.link_class(Location(zone="eu-west-1a")) == "intra-zone"
+    assert wan.link_class(Location(domain="edge-eu")) == "inter-zone"
+    assert wan.link_class(Location(domain="cloud-us")) == "inter-region"
+    assert wan.link_class(Location(domain="device-ios")) == "public"
+    assert wan.delay_s(Location(domain="cloud-us")) == ("inter-region", 0.07)
+
+
+async def test_a_request_from_another_region_pays_the_round_trip() -> None:
+    wan = Wan(
+        Location("cloud-us", "us-east", "us-east-1a"),
+        {"edge-eu": "eu-west"},
+        {"inter-region": 300.0},
+    )
+    sim = await start(SimConfig(model="m", profile="CPU", seed=1, wan=wan))
+    try:
+        async with httpx.AsyncClient(base_url=sim.url, timeout=30) as http:
+            body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+            local = await http.post("/v1/chat/completions", json=body)
+            assert "X-InferMesh-Link-Class" not in local.headers
+            far = await http.post(
+                "/v1/chat/completions", json=body, headers={"X-InferMesh-Client-Domain": "edge-eu"}
+            )
+            assert far.status_code == 200
+            assert far.headers["X-InferMesh-Link-Class"] == "inter-region"
+    finally:
+        await sim.stop()

@@ -41,6 +41,23 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+ONE_NODE_FLEET = """
+apiVersion: v1
+kind: Fleet
+metadata: { name: tiny }
+spec:
+  groups:
+    - { name: cpu, nodeClass: cpu-box, domain: lab, model: tiny@1, profile: CPU }
+---
+apiVersion: v1
+kind: NodeClass
+metadata: { name: cpu-box }
+spec:
+  hardware: { gpu: CPU, gpuCount: 1, vramGB: 16 }
+  environment: { kind: device }
+"""
+
+
 def table(out: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines() if line.strip()]
 
@@ -160,10 +177,12 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
     [("api", "infermesh\0api"), ("etcd", "etcdbin/etcd"), ("fleet", "\0fleet\0")],
 )
 def test_a_dying_child_is_reported_and_stops_the_rest(
-    home: Path, name: str, argv_part: str
+    home: Path, tmp_path: Path, name: str, argv_part: str
 ) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(ONE_NODE_FLEET)
     started = time.time() - 1
-    up = Up(home, "--api-port", str(free_port()), "--nodes", "1")
+    up = Up(home, "--api-port", str(free_port()), "--fleet", str(fleet))
     try:
         up.wait_ready(started)
         children = children_of(up.proc.pid)

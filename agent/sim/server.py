@@ -63,6 +63,7 @@ from infermesh.agent.sim.protocol import (
 )
 from infermesh.agent.sim.simulator import Plan, SimConfig, Simulator
 from infermesh.agent.sim.tokens import next_piece
+from infermesh.agent.sim.wan import caller_location
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,10 @@ class RequestContext:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("X-Request-Id", request_id)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-Id", request_id)
+                if link := scope["state"].get("link_class"):  # which WAN link the caller paid
+                    headers.append("X-InferMesh-Link-Class", link)
                 self.metrics.http_response(handler, scope["method"], message["status"])
             await send(message)
 
@@ -369,6 +373,10 @@ async def _generate(request: Request, kind: str) -> Response:
     generation = parse(body, sim.config.model)
     if sim.inject_error():
         raise ApiError(500, "injected error (error_rate fault)")
+    link, delay = sim.config.wan.delay_s(caller_location(request.headers))
+    if link is not None:
+        request.state.link_class = link
+        await asyncio.sleep(delay * sim.config.time_scale)  # the round trip, before any byte
     plan = sim.plan(generation)
     prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
     reply = _Reply(kind, prefix + request.state.request_id, int(time.time()), sim.config.model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from infermesh.agent.sim.engine import Engine
 from infermesh.agent.sim.faults import FaultPatch, Faults
@@ -25,6 +25,7 @@ from infermesh.agent.sim.profiles import (
 from infermesh.agent.sim.protocol import GenerationRequest, plan_output
 from infermesh.agent.sim.scheduler import Scheduler, SchedulerConfig
 from infermesh.agent.sim.tokens import natural_length, request_rng
+from infermesh.agent.sim.wan import Wan
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SimConfig:
     gpu_uuid: str | None = None  # None: derived from the seed (random without one)
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port chosen by the OS (`start` reports it)
+    wan: Wan = field(default_factory=Wan)  # where the node is: callers from afar pay the RTT
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,20 @@ def split_endpoints(value: str) -> list[str]:
     type=click.IntRange(0, 5000),
     help="Simulated fleet size (default: the built-in fleet's 8 nodes; 0: no fleet).",
 )
+@click.option(
+    "--fleet",
+    "fleet_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet file: its nodes, and the Domains and NodeClasses they need (default: built-in).",
+)
 @pass_state
 def up(
-    state: CliState, etcd: str | None, api_port: int | None, home: Path | None, nodes: int | None
+    state: CliState,
+    etcd: str | None,
+    api_port: int | None,
+    home: Path | None,
+    nodes: int | None,
+    fleet_file: Path | None,
 ) -> None:
     """Run a whole local mesh until Ctrl-C.
 
@@ -49,6 +60,7 @@ def up(
         api_port=api_port,
         project=state.project,
         nodes=nodes,
+        fleet_file=fleet_file.resolve() if fleet_file else None,
     )
     raise SystemExit(code)
 
