@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 
 from infermesh.store.auth import new_token
 from infermesh.store.etcd_server import EmbeddedEtcd, free_port
+from tests.processes import wait_until_serving
 
 
 @dataclass
@@ -73,18 +73,12 @@ def launch_api(
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = ApiServer(f"http://127.0.0.1:{port}", token, etcd, prefix, process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"API exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"API did not become ready:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_serving(process, f"{server.url}/readyz", log, "API")
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infermesh.agent.sim.server import start
 from infermesh.agent.sim.simulator import SimConfig
 from infermesh.store.etcd_server import free_port
+from tests.processes import wait_until_serving
 
 MODEL = "sim-model"
 HELLO = [{"role": "user", "content": "Hello, world!"}]
@@ -59,18 +60,12 @@ def launch(log_dir: Path, **options: object) -> SimProcess:
             [sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT
         )
     sim = SimProcess(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"simulator exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{sim.url}/health", timeout=1).status_code == 200:
-                return sim
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    sim.stop()
-    raise RuntimeError(f"simulator did not come up:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_serving(process, f"{sim.url}/health", log, "simulator")
+    except RuntimeError:
+        sim.stop()
+        raise
+    return sim
 
 
 @pytest.fixture(scope="module")
