@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,6 +136,18 @@ def refs_condition(resource: Resource, exists: Exists, names: Names) -> tuple[Ob
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """Who changed an object, how and why: what its event and audit record say."""
+
+    actor: str
+    action: str  # create | update | delete | an action verb (cordon, trafficSplit, ...)
+    reason: str  # the event's reason
+    message: str
+    warnings: list[str] = field(default_factory=list)  # appended to the message
+    warning: bool = False  # a Warning event even without warnings
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     object: Obj
     action: str  # created | configured | unchanged | deleted | <action verb>
@@ -198,18 +210,11 @@ class ObjectRepository:
         return decode(kv.key, kv.value, kv.mod_revision).obj, kv.mod_revision
 
     async def _write(
-        self,
-        key: str,
-        new: Obj | None,
-        expected: int,
-        actor: str,
-        action: str,
-        before: Obj | None,
-        message: str,
-        warnings: list[str],
-        reason: str | None = None,
-        warning: bool = False,
+        self, key: str, new: Obj | None, expected: int, before: Obj | None, change: Change
     ) -> int:
+        """Commit `new` (None deletes) if the key is still at `expected`, with its event and
+        audit record; returns the revision, once the watch cache has seen it."""
+        actor, action, warnings = change.actor, change.action, change.warnings
         subject = new if new is not None else before
         assert subject is not None
         meta = subject["metadata"]
@@ -217,13 +222,13 @@ class ObjectRepository:
         event = {
             "id": new_event_id(),
             "time": now(),
-            "type": "Warning" if warnings or warning else "Normal",
-            "reason": reason or action.capitalize(),
+            "type": "Warning" if warnings or change.warning else "Normal",
+            "reason": change.reason,
             "kind": subject["kind"],
             "name": meta["name"],
             "project": project,
             "actor": actor,
-            "message": message + ("; " + "; ".join(warnings) if warnings else ""),
+            "message": change.message + ("; " + "; ".join(warnings) if warnings else ""),
         }
         record = {
             "time": event["time"],
@@ -252,17 +257,9 @@ class ObjectRepository:
         key = self.key_of(desired["kind"], resource.metadata.project, resource.metadata.name)
         cond, warnings = refs_condition(resource, *(lookup or self.lookup))
         new = prepare(desired, None, cond)
-        rev = await self._write(
-            key,
-            new,
-            0,
-            actor,
-            "create",
-            None,
-            f"{desired['kind']} {resource.metadata.name} created",
-            warnings,
-            reason="Created",
-        )
+        what = f"{desired['kind']} {resource.metadata.name}"
+        change = Change(actor, "create", "Created", f"{what} created", warnings)
+        rev = await self._write(key, new, 0, None, change)
         return WriteResult(_with_rv(new, rev), "created", warnings)
 
     async def apply(
@@ -286,17 +283,9 @@ class ObjectRepository:
                 return WriteResult(current, "unchanged", warnings)
             new = prepare(desired, current, cond)
             try:
-                new_rev = await self._write(
-                    key,
-                    new,
-                    rev,
-                    actor,
-                    "update",
-                    current,
-                    f"{desired['kind']} {resource.metadata.name} configured",
-                    warnings,
-                    reason="Configured",
-                )
+                what = f"{desired['kind']} {resource.metadata.name}"
+                change = Change(actor, "update", "Configured", f"{what} configured", warnings)
+                new_rev = await self._write(key, new, rev, current, change)
             except Conflict:
                 continue
             return WriteResult(_with_rv(new, new_rev), "configured", warnings)
@@ -315,17 +304,9 @@ class ObjectRepository:
         expected = _expected_revision(resource.metadata.resourceVersion, rev)
         cond, warnings = refs_condition(resource, *self.lookup)
         new = prepare(desired, current, cond)
-        new_rev = await self._write(
-            key,
-            new,
-            expected,
-            actor,
-            "update",
-            current,
-            f"{desired['kind']} {resource.metadata.name} replaced",
-            warnings,
-            reason="Updated",
-        )
+        what = f"{desired['kind']} {resource.metadata.name}"
+        change = Change(actor, "update", "Updated", f"{what} replaced", warnings)
+        new_rev = await self._write(key, new, expected, current, change)
         return WriteResult(_with_rv(new, new_rev), "configured", warnings)
 
     async def delete(
@@ -336,17 +317,8 @@ class ObjectRepository:
         if current is None:
             raise NotFound(f"{kind} {name!r} not found in project {project!r}")
         expected = _expected_revision(resource_version, rev)
-        await self._write(
-            key,
-            None,
-            expected,
-            actor,
-            "delete",
-            current,
-            f"{kind} {name} deleted",
-            [],
-            reason="Deleted",
-        )
+        change = Change(actor, "delete", "Deleted", f"{kind} {name} deleted")
+        await self._write(key, None, expected, current, change)
         return WriteResult(current, "deleted", [])
 
     async def mutate(
@@ -379,9 +351,8 @@ class ObjectRepository:
             try:
                 # The event is about the action; missing references were reported when the
                 # spec was written and live on in the ResolvedRefs condition.
-                new_rev = await self._write(
-                    key, new, rev, actor, action, current, message, [], reason, warning
-                )
+                change = Change(actor, action, reason, message, warning=warning)
+                new_rev = await self._write(key, new, rev, current, change)
             except Conflict:
                 continue
             return WriteResult(_with_rv(new, new_rev), action, warnings)
