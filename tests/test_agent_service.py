@@ -28,7 +28,7 @@ from infermesh.agent.lease import LeaseKeeper
 from infermesh.agent.metrics import agent_registry
 from infermesh.agent.report import NodeReport
 from infermesh.client import AsyncMeshClient
-from infermesh.errors import MeshError
+from infermesh.errors import MeshError, NotFound
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.etcd_server import EmbeddedEtcd
 from infermesh.store.keys import KeyLayout
@@ -53,6 +53,14 @@ NODE_CLASS = {
         "constraints": {"spot": True, "residency": "EU"},
     },
 }
+
+
+async def api_node(mesh: AsyncMeshClient, name: str) -> dict | None:
+    """The node as the API serves it; None until the API's watch has seen its first report."""
+    try:
+        return await mesh.get("nodes", name)
+    except NotFound:
+        return None
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
@@ -161,7 +169,11 @@ async def test_registers_with_nodeclass_facts_and_a_clean_stop_removes_it(
     kv = await store.get(agent.key)
     assert kv is not None and kv.lease != 0  # bound to the agent's lease
 
-    # The API serves the node from the report alone.
+    # The API serves the node from the report alone (once its watch has brought it).
+    async def served() -> bool:
+        return await api_node(mesh, "n1") is not None
+
+    await until(served, "the API serves the node")
     node = await mesh.get("nodes", "n1")
     assert node["spec"]["nodeClassRef"] == "cloud-h100"
     assert node["status"]["facts"]["zone"] == "eu-west-1b"
@@ -508,8 +520,8 @@ async def test_a_double_bit_ecc_error_quarantines_the_node_with_an_event(
     runtime.metrics = vllm_page(gpu_dbe=1)  # the runtime simulator's GPU reports an ECC error
 
     async def quarantined() -> bool:
-        node = await mesh.get("nodes", "n1")
-        return bool(node["spec"].get("quarantine"))
+        node = await api_node(mesh, "n1")
+        return bool(node and node["spec"].get("quarantine"))
 
     await until(quarantined, "the agent quarantines its node")
     node = await mesh.get("nodes", "n1")
@@ -567,8 +579,8 @@ async def test_a_policy_sets_the_thermal_rule(
     await start_agent(config(api.prefix, project, runtime_url=runtime.url), mesh)
 
     async def quarantined() -> bool:
-        node = await mesh.get("nodes", "n1")
-        return bool(node["spec"].get("quarantine"))
+        node = await api_node(mesh, "n1")
+        return bool(node and node["spec"].get("quarantine"))
 
     await until(quarantined, "the thermal rule fires")
     reason = (await mesh.get("nodes", "n1"))["spec"]["quarantine"]["reason"]

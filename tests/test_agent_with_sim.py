@@ -17,7 +17,7 @@ from infermesh.agent.sim.simulator import SimConfig
 from infermesh.client import AsyncMeshClient
 from infermesh.store.etcd import EtcdStore
 from tests.fixtures_api import ApiServer
-from tests.test_agent_service import config, stored, until
+from tests.test_agent_service import api_node, config, stored, until
 
 MODEL = "llama-3.1-8b@bf16"
 
@@ -85,7 +85,8 @@ async def test_an_injected_ecc_error_quarantines_the_node(
         (await http.post("/admin/faults", json={"ecc_dbe": 1})).raise_for_status()
 
     async def quarantined() -> bool:
-        return bool((await mesh.get("nodes", agent.name))["spec"].get("quarantine"))
+        node = await api_node(mesh, agent.name)
+        return bool(node and node["spec"].get("quarantine"))
 
     await until(quarantined, "the agent quarantines its node")
     node = await mesh.get("nodes", agent.name)

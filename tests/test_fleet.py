@@ -59,7 +59,9 @@ async def test_fleet_nodes_register_report_load_and_leave(api: ApiServer, projec
         )
         try:
             await fleet.start()
-            nodes = (await client.list("nodes")).items
+            async with asyncio.timeout(15):  # the API's watch brings the agents' reports
+                while len(nodes := (await client.list("nodes")).items) < 3:
+                    await asyncio.sleep(0.1)
             assert sorted(n["metadata"]["name"] for n in nodes) == [
                 "edge-h100-1",
                 "edge-l4-1",

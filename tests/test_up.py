@@ -135,8 +135,10 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         assert ctx["token"] not in up.output()  # the token is never printed
 
         runner = CliRunner()
-        nodes = table(runner.invoke(main, ["get", "nodes"]).stdout)
-        assert len(nodes) == 1 + 8  # the default fleet, registered before `up` says it is up
+        deadline = time.monotonic() + 30  # the API's watch brings the last reports
+        while len(nodes := table(runner.invoke(main, ["get", "nodes"]).stdout)) < 1 + 8:
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.2)
         assert {row[nodes[0].index("STATUS")] for row in nodes[1:]} == {"Ready"}
 
         first = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
