@@ -63,6 +63,16 @@ async def api_node(mesh: AsyncMeshClient, name: str) -> dict | None:
         return None
 
 
+async def served(mesh: AsyncMeshClient, name: str) -> dict:
+    """The node, once the API serves it."""
+
+    async def known() -> bool:
+        return await api_node(mesh, name) is not None
+
+    await until(known, f"the API serves node {name}")
+    return await mesh.get("nodes", name)
+
+
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15) -> None:
     """Wait for an outcome, failing after `timeout` seconds."""
     loop = asyncio.get_running_loop()
@@ -170,11 +180,7 @@ async def test_registers_with_nodeclass_facts_and_a_clean_stop_removes_it(
     assert kv is not None and kv.lease != 0  # bound to the agent's lease
 
     # The API serves the node from the report alone (once its watch has brought it).
-    async def served() -> bool:
-        return await api_node(mesh, "n1") is not None
-
-    await until(served, "the API serves the node")
-    node = await mesh.get("nodes", "n1")
+    node = await served(mesh, "n1")
     assert node["spec"]["nodeClassRef"] == "cloud-h100"
     assert node["status"]["facts"]["zone"] == "eu-west-1b"
 
@@ -468,6 +474,7 @@ async def test_cordon_drain_and_quarantine_take_effect_through_the_agent(
 ) -> None:
     runtime.metrics = vllm_page(running=2)
     agent = await start_agent(config(api.prefix, project, runtime_url=runtime.url))
+    await served(mesh, "n1")  # actions on a node go through the API, which must know it
 
     async def shows(**expected: str) -> bool:
         report = await stored(store, agent.key)
