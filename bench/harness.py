@@ -1,5 +1,6 @@
-"""What every benchmark here needs: a lean HTTP/1.1 load client, latency statistics, CPU
-accounting of the processes under test, and the facts of the machine a figure came from."""
+"""What every benchmark here needs: a lean HTTP/1.1 load client, latency statistics, CPU and
+memory accounting of the processes under test, child processes stopped by PID, an event-loop lag
+probe, and the facts of the machine a figure came from."""
 
 from __future__ import annotations
 
@@ -167,20 +168,29 @@ def wait_until_idle(max_wait_s: float, busy_below: float = 15.0) -> float | None
             told = True
 
 
-def cpu_sampler(api_pid: int, etcd_pid: int | None) -> Sample:
+def processes_sampler(pids: dict[str, int | None], own: str | None = "client") -> Sample:
+    """CPU seconds so far of each named process (`pids`), of this process (as `own`, threads
+    included; None leaves it out) and of the whole machine, with a wall-clock stamp."""
+
     def sample() -> dict[str, float]:
-        t = os.times()
-        out = {"wall": time.perf_counter(), "client": t.user + t.system}
-        for name, value in (
-            ("api", proc_cpu_s(api_pid)),
-            ("etcd", proc_cpu_s(etcd_pid)),
-            ("machine", machine_busy_s()),
-        ):
+        out = {"wall": time.perf_counter()}
+        for name, pid in pids.items():
+            value = proc_cpu_s(pid)
             if value is not None:
                 out[name] = value
+        if own is not None:
+            t = os.times()
+            out[own] = t.user + t.system
+        machine = machine_busy_s()
+        if machine is not None:
+            out["machine"] = machine
         return out
 
     return sample
+
+
+def cpu_sampler(api_pid: int, etcd_pid: int | None) -> Sample:
+    return processes_sampler({"api": api_pid, "etcd": etcd_pid}, own="client")
 
 
 def cpu_percent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -191,13 +201,58 @@ def cpu_percent(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         return {}
     out = {
         k: round(100 * (after[k] - before[k]) / wall, 1)
-        for k in ("api", "etcd", "client", "machine")
-        if k in before and k in after
+        for k in before
+        if k != "wall" and k in after
     }
     if "machine" in out:
-        ours = sum(out.get(k, 0.0) for k in ("api", "etcd", "client"))
+        ours = sum(v for k, v in out.items() if k != "machine")
         out["other"] = round(max(0.0, out.pop("machine") - ours), 1)
     return out
+
+
+def rss_mb(pid: int | None = None) -> float | None:
+    """Resident memory of a process (this one by default), in MiB; None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+class LoopLag:
+    """How late this event loop wakes a task that sleeps `interval` s: a busy loop (CPU-bound
+    callbacks) shows as lag. `start()`, then `summary()` of the lags seen since the last
+    `reset()`, in ms."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._probe(), name="loop-lag")
+
+    def reset(self) -> None:
+        self.lags = []
+
+    async def _probe(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self.lags.append(max(0.0, time.perf_counter() - t0 - self.interval))
+
+    def summary(self) -> dict[str, float]:
+        return latency_summary(self.lags)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def etcd_version(endpoint: str) -> str:
@@ -278,8 +333,10 @@ async def closed_loop(
     duration: float,
     warmup: float,
     sample: Sample,
+    on_ok: Callable[[bytes], None] | None = None,
 ) -> PhaseResult:
-    """`len(conns)` workers, each sending its next request as soon as the last one answered."""
+    """`len(conns)` workers, each sending its next request as soon as the last one answered;
+    `on_ok` sees the body of every successful answer counted in the window."""
     start = time.perf_counter()
     record_from = start + warmup
     end = record_from + duration
@@ -294,8 +351,9 @@ async def closed_loop(
             i += 1
             sent += 1
             t0 = time.perf_counter()
+            data = b""
             try:
-                status, _ = await conn.request(method, path, body)
+                status, data = await conn.request(method, path, body)
                 outcome = "ok" if status == ok_status else f"HTTP {status}"
             except (
                 OSError,
@@ -313,6 +371,8 @@ async def closed_loop(
             elif t1 <= end:
                 result.ok += 1
                 result.latencies.append(t1 - t0)
+                if on_ok is not None:
+                    on_ok(data)
 
     async def cpu_window() -> None:
         await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
@@ -383,3 +443,104 @@ class Api:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+class Child:
+    """A child process of this benchmark, its output in `log`, stopped by its PID (SIGTERM,
+    then SIGKILL after `grace` s)."""
+
+    def __init__(
+        self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name, self.log = name, log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
+
+    def wait_for(self, ready: Callable[[], bool], timeout: float, what: str = "ready") -> None:
+        """Poll `ready()` until it holds; RuntimeError (with the log's tail) if the process
+        exits first or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self.check_alive()
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.name} not {what} in {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status; stops it (and raises) when it runs past `timeout`."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(
+                f"{self.name} ran past {timeout:.0f} s and was stopped:\n{self.tail()}"
+            ) from None
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    """A `Child.wait_for` probe: `url` answers 2xx."""
+
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=1).is_success
+        except httpx.TransportError:
+            return False
+
+    return probe
+
+
+def run_async(coro: Any) -> Any:
+    """On uvloop when it is installed (it comes with uvicorn[standard]): a cheaper client."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM as well as Ctrl-C unwinds the main thread with KeyboardInterrupt, so `finally`
+    blocks stop the children by PID."""
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGINT, _raise)
+
+
+def etcd_revision(endpoint: str, timeout: float = 5.0) -> int:
+    """etcd's current revision through its HTTP/JSON gateway: a blocking call of a millisecond
+    that works when the caller's event loop is too busy to answer a gRPC call in time."""
+    req = urllib.request.Request(
+        f"http://{endpoint}/v3/kv/range",
+        data=json.dumps({"key": "AA==", "count_only": True}).encode(),  # key "\0"
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return int(json.loads(resp.read())["header"]["revision"])
