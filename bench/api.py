@@ -40,7 +40,6 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import (  # bench/ is on sys.path when run as a script
+from harness import (
     DRAIN_S,
     ROOT,
     Api,
@@ -62,8 +61,10 @@ from harness import (  # bench/ is on sys.path when run as a script
     cpu_percent,
     cpu_sampler,
     etcd_version,
+    interrupt_on_signals,
     latency_summary,
     machine_facts,
+    run_async,  # bench/ is on sys.path when run as a script
     wait_until_idle,
 )
 from httpx_sse import aconnect_sse
@@ -319,15 +320,6 @@ def report_phase(name: str, data: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
-def run_async(coro: Any) -> Any:
-    """On uvloop when it is installed (it comes with uvicorn[standard]): a cheaper client."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def one_run(args: argparse.Namespace, run: int, workdir: Path) -> dict[str, Any]:
     etcd: EmbeddedEtcd | None = None
     api: Api | None = None
@@ -492,15 +484,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Ctrl-C and `kill` alike: unwind at once, so one_run stops etcd and the API by PID.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    interrupt_on_signals()
     started = dt.datetime.now(dt.UTC)
     runs: list[dict[str, Any]] = []
     fsync = "unknown (external etcd)" if args.etcd else ("off" if args.unsafe_no_fsync else "on")
