@@ -424,6 +424,36 @@ class _ClientBase:
         )
 
     @_Op
+    def promote(
+        self,
+        name: str,
+        revision: str | None = None,
+        *,
+        reason: str = "",
+        project: str | None = None,
+    ) -> _Call[dict[str, Any]]:
+        """Make a canary endpoint NAME's model, with all its traffic (default: the canary of
+        the highest weight in the traffic split); the updated Endpoint."""
+        body = {"reason": reason, **({"revision": revision} if revision else {})}
+        params = {"project": self._project(project)}
+        return _Call("POST", f"/v1/endpoints/{name}:promote", _json, params, body)
+
+    @_Op
+    def rollback(
+        self, name: str, *, reason: str = "", project: str | None = None
+    ) -> _Call[dict[str, Any]]:
+        """Drop endpoint NAME's traffic split: all traffic back to its model."""
+        params = {"project": self._project(project)}
+        return _Call("POST", f"/v1/endpoints/{name}:rollback", _json, params, {"reason": reason})
+
+    @_Op
+    def series(self, **query: Any) -> _Call[dict[str, Any]]:
+        """SLI series of a project (`GET /v1/metrics/series`): `{"series": [{<by dimensions>,
+        "total", "points"}]}`. Query: project, endpoint, revision, domain, tenant, since and
+        until (epoch seconds or "-5m"), step (seconds), by ("endpoint,revision")."""
+        return _Call("GET", "/v1/metrics/series", _json, self._event_params(query))
+
+    @_Op
     def events(self, **filters: Any) -> _Call[ItemList]:
         """Recent events, newest first; filters: project, kind, name, type, since, limit."""
         return _Call("GET", "/v1/events", _items, self._event_params(filters))

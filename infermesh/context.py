@@ -1,8 +1,8 @@
 """The context file: where the mesh is and who we are to it.
 
 `infermesh up` writes `$INFERMESH_HOME/context.json`; every client reads it. Explicit arguments
-beat the environment (`INFERMESH_API`, `INFERMESH_TOKEN`, `INFERMESH_PROJECT`), which beats the
-file, which beats the defaults.
+beat the environment (`INFERMESH_API`, `INFERMESH_ROUTER`, `INFERMESH_TOKEN`,
+`INFERMESH_PROJECT`), which beats the file, which beats the defaults.
 """
 
 from __future__ import annotations
@@ -82,12 +82,15 @@ def load_context(
     api: str | None = None,
     token: str | None = None,
     project: str | None = None,
+    router: str | None = None,
     home: Path | None = None,
 ) -> Context:
     """The context to use: explicit arguments > environment > context file > defaults."""
     ctx = read_context_file(context_path(home)) or Context()
     env = os.environ
     ctx.api_url = (api or env.get("INFERMESH_API") or ctx.api_url).rstrip("/")
+    router_url = router or env.get("INFERMESH_ROUTER") or ctx.router_url
+    ctx.router_url = router_url.rstrip("/") if router_url else None
     ctx.token = token or env.get("INFERMESH_TOKEN") or ctx.token
     ctx.project = project or env.get("INFERMESH_PROJECT") or ctx.project
     return ctx

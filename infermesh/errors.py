@@ -68,6 +68,12 @@ class TooManyRequests(MeshError):
     status, code = 429, "TooManyRequests"
 
 
+class BadGateway(MeshError):
+    """An upstream (a runtime behind the router) failed or could not be reached."""
+
+    status, code = 502, "BadGateway"
+
+
 class Unavailable(MeshError):
     status, code = 503, "Unavailable"
 
@@ -88,11 +94,23 @@ _BY_CODE: dict[str, type[MeshError]] = {
         PayloadTooLarge,
         Invalid,
         TooManyRequests,
+        BadGateway,
         Unavailable,
         EtcdUnavailable,
     )
 }
 _BY_STATUS: dict[int, type[MeshError]] = {
-    k.status: k for k in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-                          PayloadTooLarge, Invalid, TooManyRequests, Unavailable)
+    k.status: k
+    for k in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        Invalid,
+        TooManyRequests,
+        BadGateway,
+        Unavailable,
+    )
 }

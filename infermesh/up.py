@@ -3,7 +3,7 @@
 Starts etcd (embedded, unless `--etcd` names a cluster), then each service in `services()` as a
 child process, waits for each to be ready, writes the context file and supervises: Ctrl-C or
 SIGTERM stops everything in reverse order; a child that dies takes the rest down with it.
-Later services (router, agents, scheduler, dashboard) are one more `Service` line each.
+Later services (scheduler, dashboard) are one more `Service` line each.
 """
 
 from __future__ import annotations
@@ -74,10 +74,15 @@ class Plan:
     fleet_port: int = 0
     project: str = "default"
     fleet_file: Path | None = None  # None: the built-in fleet
+    router_port: int = 0
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
 
 
 def services(plan: Plan) -> list[Service]:
@@ -101,6 +106,24 @@ def services(plan: Plan) -> list[Service]:
             url=plan.api_url,
         ),
     ]
+    out.append(
+        Service(
+            "router",
+            [
+                *python,
+                "--api",
+                plan.api_url,
+                "router",
+                "--etcd",
+                ",".join(plan.etcd_endpoints),
+                "--port",
+                str(plan.router_port),
+            ],
+            env={"INFERMESH_TOKEN": plan.token},  # to ship its SLI series to the API
+            ready_url=f"{plan.router_url}/healthz",
+            url=plan.router_url,
+        )
+    )
     if plan.nodes != 0:
         fleet_url = f"http://127.0.0.1:{plan.fleet_port}"
         argv = [
@@ -164,6 +187,7 @@ def make_plan(
         nodes=nodes,
         fleet_port=free_port(),
         project=project,
+        router_port=8090 if port_is_free(8090) else free_port(),
         fleet_file=fleet_file,
     )
 
@@ -350,7 +374,8 @@ def run(
                 ctx = read_context_file(context_path(home)) or Context()
                 ctx.api_url, ctx.token = plan.api_url, plan.token
                 ctx.etcd_endpoints = plan.etcd_endpoints
-                ctx.router_url = ctx.dask_scheduler = None  # not run by `up` yet
+                ctx.router_url = plan.router_url
+                ctx.dask_scheduler = None  # not run by `up` yet
                 ctx.project = project
                 console.print(summary(plan, sup, write_context(ctx, home=home)))
                 sup.supervise()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -49,8 +50,14 @@ class ApiServer:
 
 
 def launch_api(
-    etcd: EmbeddedEtcd, log_dir: Path, *, max_body_bytes: int | None = None
+    etcd: EmbeddedEtcd,
+    log_dir: Path,
+    *,
+    max_body_bytes: int | None = None,
+    series_db: Path | None = None,
+    series_retention: int | None = None,
 ) -> ApiServer:
+    """Start `infermesh api`; its series store is a file in `log_dir` unless `series_db`."""
     port = free_port()
     prefix = f"/t-{uuid.uuid4().hex[:10]}"
     token = new_token()
@@ -66,7 +73,11 @@ def launch_api(
         str(port),
         "--etcd-prefix",
         prefix,
+        "--series-db",
+        str(series_db or log_dir / f"series-{port}.sqlite"),
     ]
+    if series_retention:
+        argv += ["--series-retention", str(series_retention)]
     if max_body_bytes:
         argv += ["--max-body-bytes", str(max_body_bytes)]
     env = {**os.environ, "INFERMESH_BOOTSTRAP_TOKEN": token}
@@ -93,7 +104,7 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiServer]]:
     """Start private APIs (on a given etcd); all are stopped after the test."""
     started: list[ApiServer] = []
 
-    def start(etcd: EmbeddedEtcd, **kwargs: int) -> ApiServer:
+    def start(etcd: EmbeddedEtcd, **kwargs: Any) -> ApiServer:
         server = launch_api(etcd, tmp_path, **kwargs)
         started.append(server)
         return server

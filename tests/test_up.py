@@ -20,6 +20,7 @@ from infermesh.cli import main
 from infermesh.store.etcd_server import free_port
 
 CHEATSHEET = Path(__file__).resolve().parent.parent / "examples" / "seed-cheatsheet.yaml"
+INVOKE = ["invoke", "chat-pro", "--stream", "--prompt", "Say hi", "-d", '{"max_tokens": 8}']
 
 
 def children_of(pid: int) -> set[int]:
@@ -127,11 +128,11 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
     try:
         ctx = up.wait_ready(started)
         assert ctx["api_url"] == f"http://127.0.0.1:{port}"
-        assert ctx["token"] and ctx["etcd_endpoints"] and ctx["router_url"] is None
+        assert ctx["token"] and ctx["etcd_endpoints"] and ctx["router_url"]
         assert (home / "context.json").stat().st_mode & 0o777 == 0o600
         assert httpx.get(f"{ctx['api_url']}/readyz").status_code == 200
         children = children_of(up.proc.pid)
-        assert len(children) == 3  # etcd, the API and the simulated fleet
+        assert len(children) == 4  # etcd, the API, the router and the simulated fleet
         assert ctx["token"] not in up.output()  # the token is never printed
 
         runner = CliRunner()
@@ -141,20 +142,28 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
             time.sleep(0.2)
         assert {row[nodes[0].index("STATUS")] for row in nodes[1:]} == {"Ready"}
 
+        # Seed 000's endpoint streams through the router over the simulated fleet.
+        deadline = time.monotonic() + 30  # the router's view brings the nodes' reports
+        while (invoked := runner.invoke(main, [*INVOKE, "-v"])).exit_code != 0:
+            assert time.monotonic() < deadline, invoked.output
+            time.sleep(0.5)
+        assert invoked.stdout.strip(), invoked.output
+        assert "edge-h100-1" in invoked.stderr or "eu-" in invoked.stderr  # the node it chose
+
         first = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
         assert first.exit_code == 0, first.output
-        # The fleet applied the domains its nodes live in; the seed's edge-eu is the same one.
+        # The fleet applied the domains its nodes live in and seed 000's demo objects.
         assert first.stdout.splitlines() == [
-            "domain/edge-eu unchanged",
             *(
-                f"{o} created"
+                f"{o} unchanged"
                 for o in (
+                    "domain/edge-eu",
                     "capacitypool/prod-gold",
                     "strategy/hybrid_mesh@1.0",
                     "endpoint/chat-pro",
-                    "job/ft-news-xxl",
                 )
             ),
+            "job/ft-news-xxl created",
         ]
         again = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
         assert [line.rsplit(" ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * 5

@@ -37,18 +37,28 @@ class Wan:
 
     def link_class(self, caller: Location) -> str | None:
         """The link between the caller and this node; None for a caller that says nothing."""
-        region = caller.region or self.domain_regions.get(caller.domain or "")
-        if caller.zone is not None and caller.zone == self.here.zone:
-            return "intra-zone"
-        if region is not None:
-            return "inter-zone" if region == self.here.region else "inter-region"
-        if caller.domain is not None:  # a domain no node of the fleet is in
-            return "public"
-        return None
+        return link_class_between(caller, self.here, self.domain_regions)
 
     def delay_s(self, caller: Location) -> tuple[str | None, float]:
         link = self.link_class(caller)
         return link, (self.rtt_ms.get(link, 0.0) / 1000.0 if link else 0.0)
+
+
+def link_class_between(
+    caller: Location, here: Location, domain_regions: Mapping[str, str]
+) -> str | None:
+    """The link class between a caller and a node at `here` (the simulator and the router's
+    network pricing share this rule); None for a caller that says nothing. A node whose region
+    is unknown counts as another region: far is the safe guess."""
+    region = caller.region or domain_regions.get(caller.domain or "")
+    if caller.zone is not None and caller.zone == here.zone:
+        return "intra-zone"
+    if region is not None:
+        here_region = here.region or domain_regions.get(here.domain or "")
+        return "inter-zone" if region == here_region else "inter-region"
+    if caller.domain is not None:  # a domain no node of the fleet is in
+        return "public"
+    return None
 
 
 def caller_location(headers: Mapping[str, str]) -> Location:

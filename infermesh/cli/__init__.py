@@ -11,8 +11,9 @@ import click
 from infermesh.agent.cli import agent
 from infermesh.agent.fleet_cli import fleet
 from infermesh.agent.sim.cli import sim_runtime
-from infermesh.cli import actions, objects, observe, services
+from infermesh.cli import actions, invoke, objects, observe, services, stats
 from infermesh.cli.common import CliState, MeshGroup
+from infermesh.router.cli import router
 
 
 @click.group(cls=MeshGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,9 +34,12 @@ for command in (
     *objects.COMMANDS,
     *actions.COMMANDS,
     *observe.COMMANDS,
+    *stats.COMMANDS,
+    *invoke.COMMANDS,
     *services.COMMANDS,
     agent,
     fleet,
+    router,
     sim_runtime,
 ):
     main.add_command(command)

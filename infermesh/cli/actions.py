@@ -164,6 +164,36 @@ def traffic_split(state: CliState, name: str, weights: tuple[str, ...]) -> None:
 
 @endpoint.command()
 @click.argument("name")
+@click.option(
+    "--revision",
+    help="The canary to promote: a revision (fp8) or a model reference (chat-70b@fp8); "
+    "default: the canary with the highest weight.",
+)
+@reason_option
+@yes_option
+@pass_state
+def promote(state: CliState, name: str, revision: str | None, reason: str, yes: bool) -> None:
+    """Make a canary NAME's model and send it all of NAME's traffic (ends the split)."""
+    which = f"revision {revision}" if revision else "its leading canary"
+    confirm(f"promote {which} to all of endpoint {name}'s traffic", yes=yes)
+    obj = state.client.promote(name, revision, reason=reason)
+    click.echo(f"endpoint/{name} promoted to {obj['spec']['modelRef']}")
+
+
+@endpoint.command()
+@click.argument("name")
+@reason_option
+@yes_option
+@pass_state
+def rollback(state: CliState, name: str, reason: str, yes: bool) -> None:
+    """Drop NAME's traffic split: all traffic back to its model (spec.modelRef)."""
+    confirm(f"roll back endpoint {name}: drop its traffic split", yes=yes)
+    obj = state.client.rollback(name, reason=reason)
+    click.echo(f"endpoint/{name} rolled back to {obj['spec']['modelRef']}")
+
+
+@endpoint.command()
+@click.argument("name")
 @click.option("--node", "nodes", multiple=True, help="Serve only from this node; repeatable.")
 @click.option("--domain", "domains", multiple=True, help="Serve only from this domain; repeatable.")
 @click.option("--clear", is_flag=True, help="Remove every pin.")

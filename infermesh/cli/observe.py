@@ -1,10 +1,9 @@
-"""Looking at the mesh and who you are to it: events, audit, stats, tokens, whoami, version."""
+"""Looking at the mesh and who you are to it: events, audit, tokens, whoami, version."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections import Counter
 from typing import Any
 
 import click
@@ -16,7 +15,6 @@ from infermesh.cli.common import (
     kind_name,
     output_option,
     pass_state,
-    stale_warning,
     warn,
 )
 from infermesh.cli.printers import (
@@ -26,12 +24,10 @@ from infermesh.cli.printers import (
     column_widths,
     console,
     event_row,
-    node_status,
     print_table,
     text,
 )
 from infermesh.errors import MeshError
-from infermesh.model import KINDS
 
 # --- events ---------------------------------------------------------------------------------
 
@@ -177,51 +173,6 @@ def _changes(diff: list[dict[str, Any]]) -> str:
     return ",".join(paths[:3]) + (f",+{len(paths) - 3}" if len(paths) > 3 else "")
 
 
-# --- stats ----------------------------------------------------------------------------------
-
-
-@click.command()
-@click.option("-A", "--all-projects", is_flag=True, help="Count objects of every project.")
-@click.option(
-    "--events",
-    "event_count",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="How many recent events to summarise.",
-)
-@pass_state
-def stats(state: CliState, all_projects: bool, event_count: int) -> None:
-    """Objects per kind, node states, and a summary of recent events."""
-    client = state.client
-    project = "*" if all_projects else None
-    rows, stale = [], False
-    node_states: Counter[str] = Counter()
-    for kind, cls in KINDS.items():
-        listed = client.list(cls.plural, project=project)
-        stale = stale or listed.stale
-        rows.append([cls.plural, str(len(listed.items))])
-        if kind == "Node":
-            node_states.update(node_status(n) for n in listed.items)
-    stale_warning(stale)
-    print_table(["KIND", "COUNT"], rows)
-    if node_states:
-        click.echo("\nNodes: " + ", ".join(f"{n} {s}" for s, n in node_states.most_common()))
-    recent = client.events(project=project or state.context.project, limit=event_count)
-    types = Counter(str(e.get("type")) for e in recent)
-    click.echo(
-        f"\nRecent events ({len(recent)}): "
-        + (", ".join(f"{n} {t}" for t, n in types.most_common()) or NONE)
-    )
-    reasons = Counter(
-        f"{e.get('reason')} {str(e.get('kind', '')).lower()}/{e.get('name')}"
-        for e in recent
-        if e.get("type") == "Warning"
-    )
-    for what, n in reasons.most_common(5):
-        click.echo(f"  Warning x{n}: {what}")
-
-
 # --- identity -------------------------------------------------------------------------------
 
 
@@ -300,4 +251,4 @@ def version(state: CliState) -> None:
     click.echo(f"Server Version: {server} ({state.context.api_url})")
 
 
-COMMANDS = [events, audit, stats, token, whoami, version]
+COMMANDS = [events, audit, token, whoami, version]

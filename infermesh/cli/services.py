@@ -84,7 +84,28 @@ def up(
     show_default=True,
     help="Larger request bodies get 413.",
 )
-def api(etcd: str | None, host: str, port: int, etcd_prefix: str, max_body_bytes: int) -> None:
+@click.option(
+    "--series-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite file of the routers' SLI series (default: $INFERMESH_HOME/series.sqlite).",
+)
+@click.option(
+    "--series-retention",
+    type=click.IntRange(min=60),
+    default=7 * 86400,
+    show_default=True,
+    metavar="SECONDS",
+    help="Series older than this are deleted.",
+)
+def api(
+    etcd: str | None,
+    host: str,
+    port: int,
+    etcd_prefix: str,
+    max_body_bytes: int,
+    series_db: Path | None,
+    series_retention: int,
+) -> None:
     """Run the control-plane API alone.
 
     An admin token can be bootstrapped through INFERMESH_BOOTSTRAP_TOKEN (an environment
@@ -103,6 +124,8 @@ def api(etcd: str | None, host: str, port: int, etcd_prefix: str, max_body_bytes
         prefix=etcd_prefix,
         bootstrap_token=os.environ.get("INFERMESH_BOOTSTRAP_TOKEN") or None,
         max_body_bytes=max_body_bytes,
+        series_db=series_db,
+        series_retention_s=series_retention,
     )
 
 

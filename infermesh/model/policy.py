@@ -128,10 +128,21 @@ class RolloutPolicy(StrictModel):
         return self
 
 
+HedgeDelayMode = Literal["fixed", "ttft-p95", "slo-fraction"]
+
+
 class Hedging(StrictModel):
+    """Send the same request to the next-ranked target when the first try is late."""
+
     enabled: bool = False
-    delayMs: PositiveMs = 50  # send a hedge when the first try is this late
+    # fixed: delayMs; ttft-p95: ttftMultiple x the target's recent TTFT p95 (delayMs until the
+    # router has seen enough requests); slo-fraction: sloFraction x the endpoint's TTFT SLO.
+    delayMode: HedgeDelayMode = "fixed"
+    delayMs: PositiveMs = 50
+    ttftMultiple: Annotated[float, Field(gt=0)] = 1.5
+    sloFraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     maxHedges: int = Field(1, ge=1, le=3)
+    budgetPercent: Percent = 10  # hedges may be at most this share of the endpoint's requests
 
 
 DegradeAction = Literal[
@@ -159,6 +170,23 @@ class DegradePolicy(StrictModel):
     rules: list[DegradeRule] = Field(default_factory=list)
 
 
+class AdmissionPolicy(StrictModel):
+    """How much traffic an endpoint takes before it answers 429 (per router)."""
+
+    maxConcurrency: int | None = Field(None, ge=1)  # requests running at once; None: no limit
+    queueSize: int = Field(0, ge=0)  # requests that may wait for a slot beyond maxConcurrency
+    queueTimeoutMs: PositiveMs = 1000  # how long one may wait before it gets 429
+    tenantRatePerSecond: Annotated[float, Field(gt=0)] | None = None  # token bucket per tenant
+    tenantBurst: int | None = Field(None, ge=1)  # bucket size; default: one second's rate
+
+
+class IdempotencyPolicy(StrictModel):
+    """What a repeated Idempotency-Key gets."""
+
+    ttlSeconds: int = Field(600, ge=1)  # how long a key and its result are kept
+    onInFlight: Literal["reject", "wait"] = "reject"  # reject: 409; wait: the first call's result
+
+
 class QuarantinePolicy(StrictModel):
     """When an agent takes its node out of service on its own."""
 
@@ -180,6 +208,8 @@ class PolicySpec(StrictModel):
     degrade: DegradePolicy | None = None
     strategy: StrategyRef | None = None
     quarantine: QuarantinePolicy | None = None
+    admission: AdmissionPolicy | None = None
+    idempotency: IdempotencyPolicy | None = None
 
 
 class Policy(Resource):

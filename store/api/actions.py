@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from infermesh.errors import BadRequest, Invalid, NotFound
+from infermesh.errors import BadRequest, Conflict, Invalid, NotFound
 from infermesh.model import Node
 from infermesh.store.api.http import json_response, read_json
 from infermesh.store.api.nodes import ensure_node_object
@@ -83,6 +83,10 @@ def unquarantine_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, 
 
 
 # endpoints ---------------------------------------------------------------------------------
+def _split_text(split: list[Any]) -> str:
+    return ", ".join(f"{s.get('modelRef')}={s.get('weight')}" for s in split if isinstance(s, dict))
+
+
 def traffic_split(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     split = body.get("split", body.get("trafficSplit"))
     if not isinstance(split, list) or not split:
@@ -91,10 +95,73 @@ def traffic_split(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]
             {"field": "split"},
         )
     obj["spec"]["trafficSplit"] = split
-    shown = ", ".join(
-        f"{s.get('modelRef')}={s.get('weight')}" for s in split if isinstance(s, dict)
+    return obj, f"traffic split set to {_split_text(split)} by {actor}"
+
+
+def promote(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
+    """A canary of the traffic split becomes the endpoint's model and takes all its traffic."""
+    spec, name = obj["spec"], obj["metadata"]["name"]
+    current, split = spec["modelRef"], spec.get("trafficSplit") or []
+    revision = body.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise Invalid("revision: must be a non-empty string", {"field": "revision"})
+    if not split:
+        raise Conflict(
+            f"endpoint {name!r} has no canary to promote: all its traffic goes to {current} "
+            "(start one with a traffic split)"
+        )
+    canaries = [s for s in split if s.get("modelRef") != current]
+    if revision:
+        # A bare revision ("fp8") names a revision of the endpoint's model, as traffic-split does.
+        target = revision if "@" in revision else f"{current.partition('@')[0]}@{revision}"
+        if target == current:
+            raise BadRequest(
+                f"revision: {target} is already the model of endpoint {name!r}; "
+                "to drop the canaries, roll back",
+                {"field": "revision"},
+            )
+        if target not in {s.get("modelRef") for s in canaries}:
+            raise BadRequest(
+                f"revision: {target} is not in the traffic split of endpoint {name!r} "
+                f"({_split_text(split)})",
+                {"field": "revision"},
+            )
+    else:
+        top = max((s.get("weight") or 0 for s in canaries), default=None)
+        leaders = [s["modelRef"] for s in canaries if (s.get("weight") or 0) == top]
+        if not leaders:
+            raise Conflict(
+                f"endpoint {name!r} has no canary to promote: its traffic split "
+                f"({_split_text(split)}) names only {current}"
+            )
+        if len(leaders) > 1:
+            raise Conflict(
+                f"endpoint {name!r} has several canaries of weight {top} "
+                f"({', '.join(leaders)}); name the one to promote with revision",
+                {"candidates": leaders},
+            )
+        target = leaders[0]
+    spec["modelRef"] = target
+    spec["trafficSplit"] = []
+    return obj, f"promoted to {target} (was {current}; split {_split_text(split)}) by {actor}" + (
+        f": {r}" if (r := _reason(body, False)) else ""
     )
-    return obj, f"traffic split set to {shown} by {actor}"
+
+
+def rollback(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
+    """Drop the traffic split: all traffic back to the endpoint's model."""
+    spec, name = obj["spec"], obj["metadata"]["name"]
+    split = spec.get("trafficSplit") or []
+    if not split:
+        raise Conflict(
+            f"endpoint {name!r} has no traffic split to roll back; "
+            f"all its traffic already goes to {spec['modelRef']}"
+        )
+    spec["trafficSplit"] = []
+    return obj, (
+        f"rolled back to {spec['modelRef']} (split {_split_text(split)} dropped) by {actor}"
+        + (f": {r}" if (r := _reason(body, False)) else "")
+    )
 
 
 def pin(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
@@ -170,6 +237,8 @@ ACTIONS: dict[tuple[str, str], Action] = {
     ("nodes", "quarantine"): quarantine_node,
     ("nodes", "unquarantine"): unquarantine_node,
     ("endpoints", "trafficSplit"): traffic_split,
+    ("endpoints", "promote"): promote,
+    ("endpoints", "rollback"): rollback,
     ("endpoints", "pin"): pin,
     ("endpoints", "drain"): drain_endpoint,
     ("endpoints", "quarantine"): quarantine_endpoint_node,

@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -13,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 
 import infermesh
 from infermesh.errors import MeshError
-from infermesh.store.api import actions, admin, nodes, objects, streams
+from infermesh.store.api import actions, admin, nodes, objects, series, streams
 from infermesh.store.api.http import (
     BodyLimit,
     RequestMetrics,
@@ -22,6 +23,7 @@ from infermesh.store.api.http import (
     validation_error_handler,
 )
 from infermesh.store.api.state import ApiState, Settings
+from infermesh.store.series import DEFAULT_RETENTION_S, default_path
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(nodes.router)
     app.include_router(streams.router)
+    app.include_router(series.router)
     app.include_router(actions.router)
     app.include_router(objects.router)
     app.add_exception_handler(MeshError, mesh_error_handler)
@@ -77,6 +80,8 @@ def serve(
     prefix: str = "/infermesh",
     bootstrap_token: str | None = None,
     max_body_bytes: int = 1 << 20,
+    series_db: Path | None = None,
+    series_retention_s: int = DEFAULT_RETENTION_S,
 ) -> None:
     """Run the API until interrupted."""
     settings = Settings(
@@ -85,6 +90,8 @@ def serve(
         bootstrap_token=bootstrap_token,
         max_body_bytes=max_body_bytes,
         identity=f"api@{host}:{port}",
+        series_db=series_db or default_path(),
+        series_retention_s=series_retention_s,
     )
     uvicorn.run(
         create_app(settings),

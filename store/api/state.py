@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -20,6 +22,7 @@ from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
 from infermesh.store.repository import ObjectRepository, Stored, decode, now
+from infermesh.store.series import DEFAULT_RETENTION_S, SeriesStore, default_path
 from infermesh.store.watch_cache import WatchCache
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ class Settings:
     bootstrap_token: str | None = None
     max_body_bytes: int = 1 << 20
     identity: str = "api"
+    series_db: Path = field(default_factory=default_path)
+    series_retention_s: int = DEFAULT_RETENTION_S
 
 
 def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
@@ -54,6 +59,8 @@ class ApiState:
     committer: Committer = field(init=False)
     repo: ObjectRepository = field(init=False)
     controller: ReferenceController = field(init=False)
+    series: SeriesStore = field(init=False)  # routers' SLI buckets (SQLite, not etcd)
+    _pruner: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.keys = KeyLayout(self.settings.prefix)
@@ -66,8 +73,11 @@ class ApiState:
         self.controller = ReferenceController(
             self.store, self.keys, self.repo, identity=self.settings.identity
         )
+        self.series = SeriesStore(self.settings.series_db, self.settings.series_retention_s)
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.series.open)  # first: a bad --series-db fails at once
+        self._pruner = asyncio.create_task(self._prune_series(), name="series-retention")
         await self.store.connect()
         await self.committer.start()
         await self.objects.start()
@@ -90,6 +100,20 @@ class ApiState:
         await self.objects.stop()
         await self.committer.stop()
         await self.store.close()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        await asyncio.to_thread(self.series.close)
+
+    async def _prune_series(self) -> None:
+        # Passes a tenth of the retention apart (5 min at most): rows outlive it by 10 % at most.
+        every = max(1.0, min(self.settings.series_retention_s / 10, 300.0))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.series.prune)
+            except sqlite3.Error:
+                log.exception("series retention pass failed; retrying in %.0fs", every)
 
     # tenancy and auth ----------------------------------------------------------------------
     def tenant_of(self, project: str) -> str:

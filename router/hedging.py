@@ -1,0 +1,86 @@
+"""Hedged requests: when to send the backup (`hedge_delay_ms`), whether the endpoint can afford
+one (`HedgeBudget`), and the per-replica TTFT p95 the `ttft-p95` delay mode reads (`TtftTracker`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from infermesh.model.policy import Hedging
+from infermesh.router.breaker import RollingCounts
+
+_REQUESTS, _HEDGES = 0, 1
+
+
+def hedge_delay_ms(h: Hedging, ttft_p95_ms: float | None, slo_ttft_ms: float | None) -> float:
+    """How long the first try may run before the hedge goes out; `delayMs` stands in while the
+    mode's input is unknown (no p95 yet, no SLO set)."""
+    if h.delayMode == "ttft-p95" and ttft_p95_ms is not None and not math.isnan(ttft_p95_ms):
+        return h.ttftMultiple * ttft_p95_ms
+    if h.delayMode == "slo-fraction" and slo_ttft_ms is not None:
+        return h.sloFraction * slo_ttft_ms
+    return h.delayMs
+
+
+class HedgeBudget:
+    """Hedges per endpoint as a share of its requests over the last `window_s`.
+
+    Call `record_request` when a request arrives, `allow` when its hedge timer fires and
+    `record_hedge` when the hedge is sent. `allow` says yes while the hedges in the window,
+    counting the one asked for, stay within `budget_percent` of the requests in it, with a floor
+    of one hedge per window: a quiet endpoint (fewer than 100/budget_percent requests) can still
+    hedge its slow request, and a busy one never hedges more than its share. A budget of 0 never
+    hedges.
+    """
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._counts: dict[str, RollingCounts] = {}
+
+    def _of(self, endpoint_key: str) -> RollingCounts:
+        counts = self._counts.get(endpoint_key)
+        if counts is None:
+            counts = self._counts[endpoint_key] = RollingCounts(self.window_s, 2)
+        return counts
+
+    def record_request(self, endpoint_key: str, now: float) -> None:
+        self._of(endpoint_key).add(now, _REQUESTS)
+
+    def record_hedge(self, endpoint_key: str, now: float) -> None:
+        self._of(endpoint_key).add(now, _HEDGES)
+
+    def allow(self, endpoint_key: str, budget_percent: float, now: float) -> bool:
+        if budget_percent <= 0:
+            return False
+        requests, hedges = self._of(endpoint_key).totals(now)
+        # In whole percent points, so 10 % of 30 requests is exactly 3 hedges.
+        return (hedges + 1) * 100 <= max(100, budget_percent * requests)
+
+
+class TtftTracker:
+    """Recent time-to-first-token per replica slot, its p95 written into LiveState.ttft_p95_ms.
+
+    Keeps the last `samples` per slot and recomputes the p95 every `every` samples once there are
+    `min_samples`, so one observation costs a store and, now and then, a small percentile.
+    """
+
+    def __init__(
+        self, ttft_p95_ms: np.ndarray, samples: int = 64, min_samples: int = 8, every: int = 8
+    ) -> None:
+        self.ttft_p95_ms = ttft_p95_ms
+        self.samples, self.min_samples, self.every = samples, min_samples, every
+        # Rings only for slots that have answered: LiveState's arrays span every slot ever.
+        self._rings: dict[int, np.ndarray] = {}
+        self._seen: dict[int, int] = {}
+
+    def observe(self, slot: int, ttft_ms: float) -> None:
+        ring = self._rings.get(slot)
+        if ring is None:
+            ring = self._rings[slot] = np.empty(self.samples)
+        seen = self._seen.get(slot, 0)
+        ring[seen % self.samples] = ttft_ms
+        seen = self._seen[slot] = seen + 1
+        if seen >= self.min_samples and seen % self.every == 0:
+            self.ttft_p95_ms[slot] = np.percentile(ring[: min(seen, self.samples)], 95)

@@ -1,0 +1,182 @@
+"""Forwarding one request to runtimes: the first byte race, retries and hedges.
+
+An `Attempt` is one upstream call that has produced its first body byte (for a stream: the first
+token). `race` starts the best-ranked target, retries the next one when a target fails before its
+first byte (refused, reset, 5xx), and, when hedging is on, starts the next-ranked target on
+another node once the first is late. The first attempt to produce a byte wins; every other one is
+closed, which the runtime sees as a client disconnect and so stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from infermesh.errors import BadGateway
+from infermesh.router.replica import Replica
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class UpstreamFailure(Exception):
+    """A target failed before its first byte; the request may go to the next one."""
+
+    def __init__(self, replica: Replica, message: str, status: int | None = None) -> None:
+        super().__init__(f"{replica.node}: {message}")
+        self.replica, self.status = replica, status
+
+
+@dataclass(eq=False)
+class Attempt:
+    replica: Replica
+    response: aiohttp.ClientResponse
+    first: bytes
+    started: float
+    first_at: float
+    hedge: bool
+    _finished: Callable[[Attempt], None] = field(repr=False, default=lambda _: None)
+    _done: bool = False
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first_at - self.started) * 1000.0
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        """The body after the first chunk, as it arrives."""
+        async for chunk in self.response.content.iter_any():
+            yield chunk
+
+    def close(self) -> None:
+        """Hang up on the runtime (a no-op once the body has been read) and free the slot."""
+        self.response.close()
+        self.finish()
+
+    def finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._finished(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeSettings:
+    delay_ms: float
+    max_hedges: int
+    allow: Callable[[], bool]  # asks the hedge budget; True uses one hedge
+
+
+@dataclass(slots=True)
+class RaceResult:
+    winner: Attempt
+    hedges_fired: int
+    retries: int
+    failures: list[UpstreamFailure]
+
+
+async def open_attempt(
+    session: aiohttp.ClientSession,
+    replica: Replica,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    hedge: bool,
+) -> Attempt:
+    started = time.monotonic()
+    try:
+        response = await session.post(replica.url + path, data=body, headers=headers)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise UpstreamFailure(replica, f"could not reach the runtime: {exc!s}") from None
+    try:
+        if response.status in RETRYABLE_STATUS:
+            text = (await response.read())[:300].decode(errors="replace")
+            raise UpstreamFailure(replica, f"HTTP {response.status}: {text}", response.status)
+        first = await response.content.readany()
+    except UpstreamFailure:
+        response.close()
+        raise
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        response.close()
+        raise UpstreamFailure(replica, f"connection lost before the first byte: {exc!s}") from None
+    except BaseException:  # cancelled: this attempt lost the race or the client left
+        response.close()
+        raise
+    return Attempt(replica, response, first, started, time.monotonic(), hedge)
+
+
+async def race(
+    start: Callable[[Replica, bool], asyncio.Task[Attempt]],
+    targets: list[Replica],
+    *,
+    max_retries: int,
+    hedging: HedgeSettings | None,
+) -> RaceResult:
+    """Run attempts over the ranked `targets` until one produces its first byte."""
+    queue = list(targets)
+    running: dict[asyncio.Task[Attempt], Replica] = {}
+    failures: list[UpstreamFailure] = []
+    retries = hedges = 0
+
+    def launch(hedge: bool) -> None:
+        replica = queue.pop(0)
+        running[start(replica, hedge)] = replica
+
+    launch(False)
+    hedges_left = hedging.max_hedges if hedging is not None else 0
+    loop = asyncio.get_running_loop()
+    hedge_at = loop.time() + hedging.delay_ms / 1000 if hedging and hedges_left else None
+    try:
+        while running:
+            timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
+            done, _ = await asyncio.wait(
+                running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:  # the hedge delay passed with no first byte
+                assert hedging is not None
+                hedge_at = None
+                if queue and hedging.allow():
+                    launch(True)
+                    hedges += 1
+                    hedges_left -= 1
+                    if hedges_left:
+                        hedge_at = loop.time() + hedging.delay_ms / 1000
+                continue
+            winners = []
+            for task in done:
+                running.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    winners.append(task.result())
+                elif isinstance(exc, UpstreamFailure):
+                    failures.append(exc)
+                else:
+                    raise exc
+            if winners:
+                for extra in winners[1:]:  # finished in the same instant: keep one
+                    extra.close()
+                return RaceResult(winners[0], hedges, retries, failures)
+            if not running and queue and retries < max_retries:
+                retries += 1
+                launch(False)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:  # a loser may have got its first byte as it was cancelled: hang up on it
+            for result in await asyncio.gather(*running, return_exceptions=True):
+                if isinstance(result, Attempt):
+                    result.close()
+    last = failures[-1] if failures else None
+    raise BadGateway(
+        f"no runtime answered: {'; '.join(str(f) for f in failures) or 'no target'}",
+        {
+            "tried": [f.replica.node for f in failures],
+            "lastStatus": last.status if last is not None else None,
+        },
+    )
