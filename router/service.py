@@ -22,11 +22,13 @@ from infermesh.errors import NotFound, TooManyRequests, Unavailable
 from infermesh.model import Endpoint
 from infermesh.router.admission import Admission
 from infermesh.router.breaker import Breakers
+from infermesh.router.degrade import triggered
 from infermesh.router.hedging import HedgeBudget, TtftTracker, hedge_delay_ms
 from infermesh.router.idempotency import IdempotencyStore
 from infermesh.router.invocation import Invocation
 from infermesh.router.proxy import Attempt, HedgeSettings, RaceResult, open_attempt, race
 from infermesh.router.replica import Replica
+from infermesh.router.shadow import compare
 from infermesh.router.signals import Signals
 from infermesh.router.split import Splits
 from infermesh.router.strategies.base import (
@@ -36,6 +38,7 @@ from infermesh.router.strategies.base import (
     RequestContext,
     RoutingStrategy,
 )
+from infermesh.router.strategies.network import link_class_name, origin_network
 from infermesh.router.strategies.registry import StrategyError, StrategyRegistry
 from infermesh.router.view import MAX_REPLICAS, Route, RouterView
 
@@ -147,10 +150,16 @@ class RouterService:
                 f"strategy {decision.strategy} shed the request: {decision.reason}",
                 {"limit": "strategy", "endpoint": ctx.endpoint},
             )
+        if decision.ranked:
+            self._shadow(project, ctx, candidates, decision)
         targets = [candidates.replicas[i] for i in decision.ranked]
         if candidates is not route.candidates:  # spill to the other domains after the tier
             chosen = {r.node for r in targets}
             targets += [r for r in route.candidates.replicas if r.node not in chosen]
+        degraded = self._degrade(route, ctx, candidates, decision)
+        if "local-only" in degraded and ctx.origin is not None and ctx.origin.domain:
+            local = [r for r in targets if r.domain == ctx.origin.domain]
+            targets = local or targets  # no local replica: serving beats failing
         return Plan(
             endpoint,
             revision,
@@ -159,9 +168,28 @@ class RouterService:
             decision.strategy,
             decision,
             targets,
-            self._hedging(route, key, ctx, targets),
+            self._hedging(route, key, ctx, targets, force="hedge" in degraded),
             candidates,
         )
+
+    def _degrade(
+        self, route: Route, ctx: RequestContext, candidates: CandidateSet, decision: Decision
+    ) -> frozenset[str]:
+        """The degradation actions the link to the first-ranked target calls for."""
+        policy = route.policy
+        if not policy.degrade_rules or not decision.ranked:
+            return frozenset()
+        network = origin_network(ctx.origin, candidates, self.live)
+        first = decision.ranked[0]
+        actions = triggered(
+            policy.degrade_rules,
+            link_class_name(int(network.codes[first])),
+            float(network.rtt_ms[first]),
+            policy.rtt_budget_ms,
+        )
+        for action in actions:
+            self.signals.degraded.labels(ctx.endpoint, action).inc()
+        return actions
 
     def _strategy(self, project: str, endpoint: Endpoint, route: Route) -> RoutingStrategy:
         ref = endpoint.spec.strategy or route.policy.strategy
@@ -171,6 +199,27 @@ class RouterService:
             return self.strategies.resolve(name, self.view.strategies(project), params)
         except StrategyError:
             return self.strategies.fallback()
+
+    def _shadow(
+        self, project: str, ctx: RequestContext, candidates: CandidateSet, decision: Decision
+    ) -> None:
+        """Let the project's shadow strategies decide too, and count how they compare."""
+        objects = self.view.strategies(project)
+        for name, obj in objects.items():
+            if not obj.spec.shadow or obj.spec.kind != "inference" or name == decision.strategy:
+                continue
+            try:
+                shadow = self.strategies.resolve(name, objects, {})
+            except StrategyError:
+                continue
+            ranked = shadow.decide(ctx, candidates, self.live).ranked
+            if not ranked:
+                continue
+            agreed, faster = compare(candidates, self.live, decision.ranked[0], ranked[0])
+            labels = (ctx.endpoint, name, decision.strategy)
+            self.signals.shadow_agreement.labels(*labels, str(agreed).lower()).inc()
+            if faster:
+                self.signals.shadow_wins.labels(*labels).inc()
 
     def _origin(self, inv: Invocation, endpoint: Endpoint) -> Location | None:
         if inv.domain_hint:
@@ -184,7 +233,8 @@ class RouterService:
         tier = self._tiers.get(key)
         if tier is None:
             tier = self._tiers[key] = CandidateSet(
-                [r for r in route.candidates.replicas if r.domain == domain]
+                [r for r in route.candidates.replicas if r.domain == domain],
+                route.candidates.domain_regions,
             )
         return tier
 
@@ -201,10 +251,16 @@ class RouterService:
         return decision
 
     def _hedging(
-        self, route: Route, key: str, ctx: RequestContext, targets: list[Replica]
+        self,
+        route: Route,
+        key: str,
+        ctx: RequestContext,
+        targets: list[Replica],
+        *,
+        force: bool = False,
     ) -> HedgeSettings | None:
         hedging = route.policy.hedging
-        if not hedging.enabled or len(targets) < 2:
+        if not (hedging.enabled or force) or len(targets) < 2:
             return None
         p95 = float(self.live.ttft_p95_ms[targets[0].slot])
         delay = hedge_delay_ms(hedging, None if np.isnan(p95) else p95, ctx.slo_ttft_ms)

@@ -117,6 +117,12 @@ class Signals:
             ("endpoint", "shadow", "live"),
             registry=r,
         )
+        self.degraded = Counter(
+            "infermesh_router_degraded",
+            "Requests a Policy degradation rule acted on, by action (hedge, local-only)",
+            ("endpoint", "action"),
+            registry=r,
+        )
         self.inflight = Gauge(
             "infermesh_router_inflight_requests", "Requests in flight", ("endpoint",), registry=r
         )

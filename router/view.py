@@ -1,16 +1,20 @@
 """The router's view of the mesh: a watch-fed, in-memory mirror of what routing needs.
 
 Endpoints, Models, Domains, Policies, Strategies, Projects, Node objects, the agents' node reports
-and the API tokens, each a list+watch `WatchCache`. Every change bumps `generation`; derived
-tables (replicas, candidate sets, resolved policies) are rebuilt lazily on the next request that
-needs them, so a burst of reports costs one rebuild. When etcd goes away the caches keep their
-last-known state and the router keeps routing from it (`stale` says so); they catch up on return.
+and the API tokens, each a list+watch `WatchCache`. Derived tables (replicas, candidate sets,
+resolved policies) are rebuilt lazily on the next request that needs them: at once after an
+object changes (an operator's quarantine acts on the next request), and at most every
+`REPORT_REFRESH_S` for agents' reports, so thousands of nodes reporting cost a few rebuilds a
+second, not one per report. `generation` counts the rebuilds. When etcd goes away the caches
+keep their last-known state and the router keeps routing from it (`stale` says so); they catch
+up on return.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +34,7 @@ MAX_REPLICAS = 1 << 16  # slots in the live per-replica arrays; one per node eve
 SLOWDOWNS = frozenset(
     {"HwSlowdown", "HwThermalSlowdown", "SwThermalSlowdown", "HwPowerBrakeSlowdown"}
 )
+REPORT_REFRESH_S = 0.1  # how stale agents' telemetry may be in a decision
 _KINDS = ("endpoints", "models", "domains", "policies", "strategies", "projects", "nodes")
 
 
@@ -68,13 +73,17 @@ class RouterView:
         self.tokens: WatchCache[auth.Principal] = WatchCache(
             store, keys.tokens(), _decode_principal
         )
-        self.generation = 0
-        self._built = -1
+        self.generation = 0  # bumped by every rebuild of the derived tables
+        self._object_changes = 0
+        self._report_changes = 0
+        self._built_at = (-1, -1, 0.0)  # (object changes, report changes, monotonic time)
         self._replicas: dict[str, list[Replica]] = {}  # project -> replicas
         self._routes: dict[tuple[str, str, str], Route] = {}
+        self._strategies: dict[str, dict[str, Strategy]] = {}
         self._slots: dict[tuple[str, str], int] = {}  # (project, node) -> slot, never reused
-        for cache in self._caches.values():
-            cache.add_listener(self._changed)
+        for plural in _KINDS:
+            self._caches[plural].add_listener(self._object_changed)
+        self._caches["reports"].add_listener(self._report_changed)
 
     async def start(self, timeout: float = 30.0) -> None:
         caches = [*self._caches.values(), self.tokens]
@@ -91,8 +100,11 @@ class RouterView:
         """True while etcd is unreachable: routing goes on from the last-known view."""
         return any(c.stale for c in self._caches.values())
 
-    def _changed(self, _: Change[Any]) -> None:
-        self.generation += 1
+    def _object_changed(self, _: Change[Any]) -> None:
+        self._object_changes += 1
+
+    def _report_changed(self, _: Change[Any]) -> None:
+        self._report_changes += 1
 
     # objects -----------------------------------------------------------------------------
     def objects(self, plural: str, project: str) -> list[Any]:
@@ -113,7 +125,14 @@ class RouterView:
         return self.tokens.get(self.keys.token(auth.token_hash(token)))
 
     def strategies(self, project: str) -> dict[str, Strategy]:
-        return {s.metadata.name: s for s in self.objects("strategies", project)}
+        """The project's Strategy objects by name (built once per view change)."""
+        self._refresh()
+        found = self._strategies.get(project)
+        if found is None:
+            found = self._strategies[project] = {
+                s.metadata.name: s for s in self.objects("strategies", project)
+            }
+        return found
 
     def slot_count(self) -> int:
         return len(self._slots)
@@ -133,8 +152,11 @@ class RouterView:
                 allowed_regions=policy.allowed_regions,
                 allowed_link_classes=policy.allowed_link_classes,
             )
-            found = eligible(endpoint, revision, self._replicas.get(project, []), domains, rules)
-            route = Route(endpoint, policy, CandidateSet(found.candidates), found)
+            replicas = self._replicas.get(project, [])
+            found = eligible(endpoint, revision, replicas, domains, rules)
+            # Where every domain of the project is, so a caller's domain prices its links.
+            regions = {r.domain: r.region for r in replicas if r.domain and r.region}
+            route = Route(endpoint, policy, CandidateSet(found.candidates, regions), found)
             self._routes[key] = route
         return route
 
@@ -143,10 +165,14 @@ class RouterView:
         return self._replicas.get(project, [])
 
     def _refresh(self) -> None:
-        if self._built == self.generation:
+        objects, reports, at = self._built_at
+        if objects == self._object_changes and (
+            reports == self._report_changes or time.monotonic() - at < REPORT_REFRESH_S
+        ):
             return
-        self._built = self.generation
-        self._routes = {}
+        self._built_at = (self._object_changes, self._report_changes, time.monotonic())
+        self.generation += 1
+        self._routes, self._strategies = {}, {}
         by_project: dict[str, list[Replica]] = {}
         reports = self._caches["reports"]
         for key, report in reports.items(self.keys.statuses("nodes")):

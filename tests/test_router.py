@@ -310,3 +310,57 @@ async def test_with_etcd_stopped_the_router_keeps_serving(
         async with asyncio.timeout(20):
             while (await mesh.http.get("/healthz")).json()["stale"]:
                 await asyncio.sleep(0.2)
+
+
+async def test_a_degradation_rule_hedges_requests_that_cross_regions(mesh: RouterMesh) -> None:
+    name = await mesh.endpoint()
+    await mesh.policy(
+        f"{name}-wan",
+        name,
+        degrade={"rules": [{"linkClass": "inter-region", "actions": ["hedge"]}]},
+    )
+    await mesh.faults("eu-1", slow_factor=100)
+    for _ in range(6):  # from the US: every target is another region away
+        assert (await mesh.chat(name, max_tokens=2, headers={"X-Domain-Hint": "us-a"})).is_success
+    assert (await mesh.chat(name, max_tokens=2)).is_success  # local: no rule fires
+    metrics = (await mesh.http.get("/metrics")).text
+    assert metric(metrics, "infermesh_router_degraded_total", endpoint=name, action="hedge") == 6
+    assert metric(metrics, "infermesh_router_hedges_total", endpoint=name, outcome="fired") >= 1
+
+
+async def test_in_flight_counts_return_to_zero_after_errors_and_cancellations(
+    mesh: RouterMesh,
+) -> None:
+    name = await mesh.endpoint(strategy={"ref": "least_queue@1.0"})
+    await mesh.faults("eu-1", error_rate=1.0)
+    await mesh.faults("eu-3", slow_factor=100)
+    calls = [asyncio.create_task(mesh.chat(name, max_tokens=50)) for _ in range(9)]
+    await asyncio.sleep(0.3)
+    for call in calls[:3]:  # callers that hang up
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.5)
+    explained = (await mesh.chat(name, headers={"X-InferMesh-Explain": "1"})).json()
+    assert explained["candidates"] and all(c["inflight"] == 0 for c in explained["candidates"])
+
+
+async def test_a_shadow_strategy_decides_on_every_request_without_acting(
+    mesh: RouterMesh,
+) -> None:
+    name = await mesh.endpoint()  # live: baseline_rr
+    shadow = {
+        "kind": "inference",
+        "plugin": "builtin",
+        "entryPoint": "least_queue@1.0",
+        "shadow": True,
+    }
+    await mesh.client.apply([mesh.obj("Strategy", "lq-shadow", shadow)])
+    mesh.created.append(("strategies", "lq-shadow"))
+    await asyncio.sleep(0.3)
+    responses = [await mesh.chat(name, max_tokens=1) for _ in range(9)]
+    assert {r.headers["X-InferMesh-Strategy"] for r in responses} == {"baseline_rr@1.0"}
+    metrics = (await mesh.http.get("/metrics")).text
+    decided = metric(
+        metrics, "infermesh_router_shadow_decisions_total", endpoint=name, shadow="lq-shadow"
+    )
+    assert decided == 9

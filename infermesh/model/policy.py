@@ -247,6 +247,9 @@ class StrategySpec(StrictModel):
     # builtin: the built-in this one tunes (default: the strategy's own name).
     entryPoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # Inference only: decide on every request of the project without acting, and export how
+    # often it agrees with the live strategy and how often its pick looked faster.
+    shadow: bool = False
 
 
 class Strategy(Resource):
