@@ -3,8 +3,8 @@ node (cordon, drain, quarantine; auto-quarantine rules).
 
 An `Agent` is one node. It takes a connected `EtcdStore` and an `AsyncMeshClient` (for the
 mutations it asks of the API), so a fleet can run hundreds in one event loop sharing both, and
-one `SpecFeed`, one `LeaseKeeper` and one scrape client if it likes. `run_agent` is the
-single-agent process around it.
+one `SpecFeed` and one `LeaseKeeper` if it likes; each agent keeps its own keep-alive connection
+to its runtime. `run_agent` is the single-agent process around it.
 
 Each scrape interval it scrapes the runtime and reads the GPUs; on every scrape and on every
 change of its Node object, Policies or NodeClass (watched, so it reacts within a scrape) it
@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
-import httpx
 from pydantic import TypeAdapter, ValidationError
 
 import infermesh
@@ -170,8 +169,8 @@ def node_facts(
 class Agent:
     """One node's agent. `start()`, then it runs until `stop()`; `report` is its last report.
 
-    `feed`, `lease` and `http` may be shared by many agents (a fleet); whoever passes them in
-    starts and stops them. Left out, the agent makes its own and owns them.
+    `feed` and `lease` may be shared by many agents (a fleet); whoever passes them in starts and
+    stops them. Left out, the agent makes its own and owns them.
     """
 
     def __init__(
@@ -182,7 +181,6 @@ class Agent:
         *,
         feed: SpecFeed | None = None,
         lease: LeaseKeeper | None = None,
-        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self._store, self._client = store, client
@@ -192,17 +190,14 @@ class Agent:
         self._feed = feed or SpecFeed(store, layout, config.project)
         self._own_lease = lease is None
         self._lease = lease or LeaseKeeper(store, config.lease_ttl_s)
-        self._own_http = http is None
-        self._http = http or httpx.AsyncClient()
         self._scraper = (
-            RuntimeScraper(
-                config.runtime_kind, config.runtime_url, self._http, timeout=config.scrape_timeout_s
-            )
+            RuntimeScraper(config.runtime_kind, config.runtime_url, timeout=config.scrape_timeout_s)
             if config.runtime_url
             else None
         )
         self._gpus: GpuSource | None = None
         self._detected: Hardware | None = None  # what NVML found
+        self._known_facts: tuple[Node | None, NodeClass | None, Facts] | None = None
         self._server = None
         if config.http_port is not None:
             registry = agent_registry(lambda: [self])
@@ -212,6 +207,7 @@ class Agent:
         self.stats = AgentStats()
         self._started_at = datetime.now(UTC)
         self._wake = asyncio.Event()
+        self._scrape_due = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -299,8 +295,8 @@ class Agent:
         if self._gpus is not None:
             self._gpus.close()
             self._gpus = None
-        if self._own_http:
-            await self._http.aclose()
+        if self._scraper is not None:
+            self._scraper.close()
 
     # the loop ---------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -309,18 +305,27 @@ class Agent:
         # Agents started together would scrape in lockstep; spread them over the interval.
         next_scrape = loop.time() + random.uniform(0, interval)
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_scrape - loop.time())):
-                    await self._wake.wait()
+            # A timer wakes us for the scrape, not asyncio.timeout, which ends a wait by
+            # cancelling it: an exception per scrape, a fleet's largest cost after the scrape.
+            self._scrape_due = False
+            timer = loop.call_at(next_scrape, self._scrape_time)
+            await self._wake.wait()
+            timer.cancel()
             self._wake.clear()
             try:
-                if loop.time() >= next_scrape:
+                # The timer firing says so, not the clock: libuv's (uvloop's) timers fire on
+                # the millisecond, which may be a hair before `next_scrape`.
+                if self._scrape_due or loop.time() >= next_scrape:
                     next_scrape = max(next_scrape + interval, loop.time())
                     await self._observe()
                 await self._decide()
             except Exception:
                 # A bug or an odd reading must not freeze the report while the lease lives on.
                 log.exception("node %s: agent step failed; carrying on", self.name)
+
+    def _scrape_time(self) -> None:
+        self._scrape_due = True
+        self._wake.set()
 
     async def _observe(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -454,6 +459,10 @@ class Agent:
             return
         if reason == "register":
             log.info("node %s registered at %s", self.name, self.key)
+            # Agents started together (a fleet) would rewrite in the same second of every
+            # interval, in bursts of thousands of puts; a random phase spreads them (over half
+            # the interval, so that the first rewrite still waits half of it).
+            mono -= random.uniform(0, self.config.deadband.max_interval_s / 2)
         elif self._write_error:
             log.info("node %s: reports are written again", self.name)
         self._write_error = ""
@@ -465,7 +474,13 @@ class Agent:
         node = self._feed.node(self.name)
         class_name = self.config.node_class or (node.spec.nodeClassRef if node else None)
         node_class = self._feed.node_class(class_name) if class_name else None
-        return node_facts(node_class, node, self._detected, self.config.facts, class_name)
+        # The feed hands out the same objects until a watch event replaces them: the facts
+        # follow from them (and from what is fixed at the start), so build them once per change.
+        known = self._known_facts
+        if known is None or known[0] is not node or known[1] is not node_class:
+            facts = node_facts(node_class, node, self._detected, self.config.facts, class_name)
+            known = self._known_facts = (node, node_class, facts)
+        return known[2]
 
     def _health(self) -> dict[str, object]:
         report = self._report

@@ -71,7 +71,7 @@ def endpoints(value: str | None) -> tuple[str, ...]:
 @click.option(
     "--max-report-interval",
     type=click.FloatRange(min=0.1),
-    default=3.0,
+    default=Deadband().max_interval_s,
     show_default=True,
     help="Write the report at least this often, changed or not.",
 )

@@ -132,12 +132,15 @@ def node_conditions(
 class Deadband:
     """When a report is written: at once when something an operator or a router acts on
     changes, on a telemetry move larger than the band (at most once per `min_interval_s`), and
-    at least every `max_interval_s`."""
+    at least every `max_interval_s`.
+
+    The lease, not the report, says a node is alive, so the forced rewrite only refreshes what
+    drifted inside the band: every 10 s, 2,000 idle nodes make ~200 etcd writes a second."""
 
     util_pct: float = 5.0
     temp_c: float = 2.0
     min_interval_s: float = 1.0
-    max_interval_s: float = 3.0
+    max_interval_s: float = 10.0
 
 
 def _state(report: NodeReport) -> tuple[object, ...]:

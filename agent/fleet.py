@@ -20,10 +20,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 from pydantic import Field
 
 from infermesh.agent.agent import Agent, AgentConfig, FactOverrides
+from infermesh.agent.conditions import Deadband
 from infermesh.agent.feed import SpecFeed
 from infermesh.agent.http import MetricsServer
 from infermesh.agent.lease import LeaseKeeper
@@ -133,6 +133,7 @@ class SimulatedFleet:
         nodes: int | None = None,
         time_scale: float = 1.0,
         lease_ttl_s: int = 5,
+        deadband: Deadband | None = None,
         agent_http: bool = False,
     ) -> None:
         self.fleet = fleet
@@ -142,9 +143,9 @@ class SimulatedFleet:
         self._domain_regions = {g.domain: g.region for g in fleet.spec.groups if g.region}
         self._time_scale = time_scale
         self._agent_http = agent_http
+        self._deadband = deadband or Deadband()
         self._feed = SpecFeed(store, KeyLayout(etcd_prefix), project)
         self._lease = LeaseKeeper(store, lease_ttl_s)
-        self._http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         self.nodes: list[FleetNode] = []
 
     async def start(self) -> None:
@@ -187,11 +188,10 @@ class SimulatedFleet:
             runtime_url=sim.url,
             gpu_source="simulated",
             lease_ttl_s=self._lease.ttl,
+            deadband=self._deadband,
             http_port=0 if self._agent_http else None,
         )
-        agent = Agent(
-            config, self._store, self._client, feed=self._feed, lease=self._lease, http=self._http
-        )
+        agent = Agent(config, self._store, self._client, feed=self._feed, lease=self._lease)
         await agent.start()
         return FleetNode(name, group, sim, agent)
 
@@ -204,7 +204,6 @@ class SimulatedFleet:
         self.nodes = []
         await self._lease.stop(revoke=True)
         await self._feed.stop()
-        await self._http.aclose()
 
     def describe(self) -> list[dict[str, Any]]:
         """Where each node's runtime and agent listen."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from infermesh.agent.cli import endpoints
+from infermesh.agent.conditions import Deadband
 from infermesh.agent.fleet import SimulatedFleet, load_fleet, serve_fleet
 from infermesh.cli.common import CliState, pass_state
 from infermesh.client import AsyncMeshClient
@@ -52,6 +53,13 @@ DEFAULT_PORT = 9409
 )
 @click.option("--lease-ttl", type=click.IntRange(1, 300), default=5, show_default=True)
 @click.option(
+    "--max-report-interval",
+    type=click.FloatRange(min=0.1),
+    default=Deadband().max_interval_s,
+    show_default=True,
+    help="Each node's report is written at least this often, changed or not.",
+)
+@click.option(
     "--agent-http/--no-agent-http",
     default=False,
     show_default=True,
@@ -67,6 +75,7 @@ def fleet(
     port: int,
     time_scale: float,
     lease_ttl: int,
+    max_report_interval: float,
     agent_http: bool,
 ) -> None:
     """Run a simulated GPU fleet: vLLM-compatible runtimes with real agents, in one process."""
@@ -93,6 +102,7 @@ def fleet(
                     nodes=nodes,
                     time_scale=time_scale,
                     lease_ttl_s=lease_ttl,
+                    deadband=Deadband(max_interval_s=max_report_interval),
                     agent_http=agent_http,
                 )
                 await serve_fleet(simulated, port, stop)

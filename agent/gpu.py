@@ -241,6 +241,8 @@ class SimulatedGpus:
         self._intensity = 0.0
         self._temp = profile.idle_temp_c
         self._at: float | None = None
+        # the last modelled reading and runtime GPUs, and the readings made of them
+        self._last: tuple[GpuReading, tuple[GpuReading, ...], list[GpuReading]] | None = None
 
     async def read(self, load: GpuLoad, now: float) -> list[GpuReading]:
         self._advance(load, now)
@@ -263,6 +265,12 @@ class SimulatedGpus:
             powerLimitW=p.power_limit_w,
             throttleReasons=["HwThermalSlowdown"] if self._temp >= SLOWDOWN_TEMP_C else [],
         )
+        if (
+            self._last is not None
+            and self._last[0] == modelled
+            and self._last[1] is load.runtime_gpus
+        ):
+            return self._last[2]  # an idle node's readings settle: no need to copy them anew
         while len(self._uuids) < len(load.runtime_gpus):  # more GPUs than the facts said
             self._uuids.append(self._derived_uuid(len(self._uuids)))
         readings = []
@@ -273,6 +281,7 @@ class SimulatedGpus:
                 readings.append(exported.model_copy(update={"index": i, "uuid": self._uuids[i]}))
             else:
                 readings.append(modelled.model_copy(update={"index": i, "uuid": self._uuids[i]}))
+        self._last = (modelled, load.runtime_gpus, readings)
         return readings
 
     def _derived_uuid(self, index: int) -> str:

@@ -1,9 +1,11 @@
 """Runtime adapters: scrape a vLLM, SGLang or TGI server's `/metrics` and `/v1/models`.
 
-`parse_metrics(kind, text)` turns one Prometheus page into a `RuntimeSample` (pure). A
-`RuntimeScraper` scrapes on demand and keeps a short, thinned history of samples, from which it
-derives what one page cannot say: token rates, TTFT/ITL medians over the last seconds, and the
-error ratio over the last minute. A runtime whose scrapes keep failing is unhealthy.
+`parse_metrics(kind, text)` turns one Prometheus page into a `RuntimeSample` (pure), reading
+only the sample lines the kind's names need. A `RuntimeScraper` scrapes on demand over its own
+keep-alive connection (`RuntimeHttp`), skips parsing a page identical to the last one, and keeps
+a short, thinned history of samples, from which it derives what one page cannot say: token
+rates, TTFT/ITL medians over the last seconds, and the error ratio over the last minute. A
+runtime whose scrapes keep failing is unhealthy.
 
 Error ratio: 5xx answers over all answers on the inference routes, from the
 `http_requests_total{handler,status}` counter vLLM and SGLang export (prometheus-fastapi-
@@ -15,18 +17,16 @@ those become `GpuReading`s for the simulated GPU source to report as is.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections import deque
 from collections.abc import Iterable
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
-
 from infermesh.agent.report import GpuReading, RuntimeKind, RuntimeReading
+from infermesh.agent.runtime_http import RuntimeHttp, RuntimeHttpError
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +53,21 @@ class Names:
     ok_requests: tuple[str, ...] = ()  # the runtime's own counters, when it has them
     failed_requests: tuple[str, ...] = ()
 
-    def wanted(self, present: AbstractSet[str]) -> set[str]:
-        """The sample names worth parsing on a page that has `present`: of each group, the first
-        name the page has (a legacy name only when the current one is missing)."""
-        out: set[str] = set()
-        scalars = (
+    def prefixes(self) -> tuple[str, ...]:
+        """What the lines worth reading start with (a counter's `_total` and a histogram's
+        `_bucket` lines start with its name)."""
+        groups = (
             self.running,
             self.waiting,
             self.kv_cache,
             self.prompt_tokens,
             self.generation_tokens,
+            self.ttft,
+            self.itl,
             self.ok_requests,
             self.failed_requests,
-            (HTTP_REQUESTS,),
         )
-        for group in scalars:
-            for name in group:
-                if found := {name, f"{name}_total"} & present:  # counters: either spelling
-                    out |= found
-                    break
-        for group in (self.ttft, self.itl):
-            for name in group:
-                if f"{name}_bucket" in present:
-                    out.add(f"{name}_bucket")
-                    break
-        return out
+        return (*(name for group in groups for name in group), HTTP_REQUESTS, SIM_GPU)
 
 
 NAMES: dict[RuntimeKind, Names] = {
@@ -163,28 +153,50 @@ class RuntimeSample:
     gpus: tuple[GpuReading, ...] = ()  # the runtime simulator's own GPUs, faults included
 
 
-def _keep(text: str, names: Names) -> str:
-    """Only the sample lines we read: parsing is the agent's main cost with thousands of
-    runtimes, and a vLLM page is mostly metrics nobody here needs (and deprecated twins of the
-    ones we read). Comments go too: samples are read by name, so TYPE lines are not needed."""
-    lines = [(line.split("{", 1)[0].split(" ", 1)[0], line) for line in text.splitlines()]
-    wanted = names.wanted({name for name, _ in lines})
-    return "\n".join(
-        line
-        for name, line in lines
-        if name in wanted or (name.startswith(SIM_GPU) and not name.endswith("_created"))
-    )
+# One sample line of the text format: name, optional {labels}, value (a timestamp may follow).
+# Greedy `.*`: the labels end at the line's last `}`, since quoted label values may hold one.
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+# A bucket's bound, without parsing every label: `le="` cannot start inside a quoted value,
+# where a quote is always escaped.
+_LE = re.compile(r'(?:^|,)\s*le\s*=\s*"([^"]*)"')
+_ESCAPED = re.compile(r"\\(.)")  # in label values: \\, \" and \n
+
+# name -> its lines' (label text, value), in page order
+Samples = dict[str, list[tuple[str, float]]]
+_PREFIXES = {kind: names.prefixes() for kind, names in NAMES.items()}
+_PREFIXES["sglang"] += tuple(f"sglang_{p[7:]}" for p in _PREFIXES["sglang"] if p[:7] == "sglang:")
 
 
-def _samples(text: str, names: Names) -> dict[str, list[Sample]]:
-    by_name: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(_keep(text, names)):
-        for sample in family.samples:
-            by_name.setdefault(sample.name, []).append(sample)
-    return by_name
+def _samples(kind: RuntimeKind, text: str) -> Samples:
+    """The sample lines of the names `kind` reads; the rest of the page is skipped unparsed.
+    prometheus_client's parser took ~880 µs for a vLLM page, of which we read a third: with
+    thousands of runtimes, parsing was the agent's main cost. A line that does not parse is
+    skipped, as is every comment: samples are read by name, so TYPE lines are not needed."""
+    prefixes = _PREFIXES[kind]
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line.startswith(prefixes) or (match := _SAMPLE.match(line)) is None:
+            continue
+        name, labels, value = match.groups()
+        if name.startswith("sglang_"):  # older SGLang: `sglang_num_running_reqs`
+            name = f"sglang:{name[7:]}"
+        try:
+            out.setdefault(name, []).append((labels or "", float(value)))
+        except ValueError:
+            continue
+    return out
 
 
-def _first(samples: dict[str, list[Sample]], names: Iterable[str]) -> list[Sample] | None:
+def _labels(text: str) -> dict[str, str]:
+    return {name: _ESCAPED.sub(_unescape, value) for name, value in _LABEL.findall(text)}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return "\n" if match[1] == "n" else match[1]
+
+
+def _first(samples: Samples, names: Iterable[str]) -> list[tuple[str, float]] | None:
     """The samples of the first name present; counters are found with or without `_total`."""
     for name in names:
         for candidate in (name, f"{name}_total"):
@@ -193,44 +205,46 @@ def _first(samples: dict[str, list[Sample]], names: Iterable[str]) -> list[Sampl
     return None
 
 
-def _sum(samples: dict[str, list[Sample]], names: Iterable[str]) -> float | None:
+def _sum(samples: Samples, names: Iterable[str]) -> float | None:
     found = _first(samples, names)
-    return None if found is None else sum(s.value for s in found)
+    return None if found is None else sum(value for _, value in found)
 
 
-def _histogram(samples: dict[str, list[Sample]], names: Iterable[str]) -> Histogram | None:
+def _histogram(samples: Samples, names: Iterable[str]) -> Histogram | None:
     for name in names:
         buckets: dict[float, float] = {}
-        for s in samples.get(f"{name}_bucket", ()):
-            bound = float(s.labels["le"])
-            buckets[bound] = buckets.get(bound, 0.0) + s.value  # summed over models
+        for labels, value in samples.get(f"{name}_bucket", ()):
+            if (le := _LE.search(labels)) is not None:
+                bound = float(le[1])
+                buckets[bound] = buckets.get(bound, 0.0) + value  # summed over models
         if buckets:
             bounds = tuple(sorted(buckets))
             return Histogram(bounds, tuple(buckets[b] for b in bounds))
     return None
 
 
-def _sim_gpus(samples: dict[str, list[Sample]]) -> tuple[GpuReading, ...]:
+def _sim_gpus(samples: Samples) -> tuple[GpuReading, ...]:
     """The GPUs the runtime simulator exports (`infermesh_sim_gpu_*{gpu_uuid}`), in the order
     they appear; nothing for a real runtime."""
     fields: dict[str, dict[str, float]] = {}
     names: dict[str, str] = {}
     throttles: dict[str, list[str]] = {}
     for name, found in samples.items():
-        if not name.startswith(SIM_GPU):
+        if not name.startswith(SIM_GPU) or name.endswith("_created"):
             continue
         what = name.removeprefix(SIM_GPU).removesuffix("_total")
-        for s in found:
-            gpu = s.labels.get("gpu_uuid", "")
+        for text, value in found:
+            labels = _labels(text)
+            gpu = labels.get("gpu_uuid", "")
             values = fields.setdefault(gpu, {})
             if what == "info":
-                names[gpu] = s.labels.get("name", "")
+                names[gpu] = labels.get("name", "")
             elif what == "throttle_active":
-                if s.value > 0:  # hw_thermal_slowdown -> HwThermalSlowdown, as NVML names it
-                    reason = "".join(w.capitalize() for w in s.labels.get("reason", "").split("_"))
+                if value > 0:  # hw_thermal_slowdown -> HwThermalSlowdown, as NVML names it
+                    reason = "".join(w.capitalize() for w in labels.get("reason", "").split("_"))
                     throttles.setdefault(gpu, []).append(reason)
             else:
-                values[what] = s.value
+                values[what] = value
     return tuple(
         GpuReading(
             index=i,
@@ -250,33 +264,29 @@ def _sim_gpus(samples: dict[str, list[Sample]]) -> tuple[GpuReading, ...]:
     )
 
 
-def _http_requests(samples: dict[str, list[Sample]]) -> tuple[float, float] | None:
+def _http_requests(samples: Samples) -> tuple[float, float] | None:
     """(ok, failed) answers on the inference routes; 4xx are the client's errors, not the
     runtime's, so they count as neither."""
     found = _first(samples, (HTTP_REQUESTS,))
     if found is None:
         return None
     ok = failed = 0.0
-    for s in found:
-        if s.labels.get("handler", "") in _NON_INFERENCE:
+    for text, value in found:
+        labels = _labels(text)
+        if labels.get("handler", "") in _NON_INFERENCE:
             continue
-        status = s.labels.get("status", "")
+        status = labels.get("status", "")
         if status.startswith("5"):
-            failed += s.value
+            failed += value
         elif status[:1] in ("2", "3"):
-            ok += s.value
+            ok += value
     return ok, failed
 
 
 def parse_metrics(kind: RuntimeKind, text: str) -> RuntimeSample:
     """One Prometheus text page of a `kind` runtime as a `RuntimeSample`."""
     names = NAMES[kind]
-    if kind == "sglang":  # older SGLang: `sglang_num_running_reqs`
-        text = "\n".join(
-            f"sglang:{line[7:]}" if line.startswith("sglang_") else line
-            for line in text.splitlines()
-        )
-    samples = _samples(text, names)
+    samples = _samples(kind, text)
     http = _http_requests(samples)
     ok, failed = http if http is not None else (None, None)
     return RuntimeSample(
@@ -293,11 +303,11 @@ def parse_metrics(kind: RuntimeKind, text: str) -> RuntimeSample:
     )
 
 
-def _mean(samples: list[Sample] | None) -> float | None:
+def _mean(samples: list[tuple[str, float]] | None) -> float | None:
     """A usage ratio over several label sets (models) is their mean, not their sum."""
     if not samples:
         return None
-    return sum(s.value for s in samples) / len(samples)
+    return sum(value for _, value in samples) / len(samples)
 
 
 # History -----------------------------------------------------------------------------------
@@ -323,9 +333,6 @@ class _History(Generic[T]):
     def oldest(self) -> tuple[float, T] | None:
         """The sample a delta to the newest should start from (None with fewer than two)."""
         return self._items[0] if len(self._items) >= 2 else None
-
-    def newest(self) -> T | None:
-        return self._items[-1][1] if self._items else None
 
     def clear(self) -> None:
         self._items.clear()
@@ -369,31 +376,32 @@ def _went_back(pairs: Iterable[tuple[float | None, float | None]]) -> bool:
 
 
 class RuntimeScraper:
-    """Scrapes one runtime. Token rates and latency medians are over the last `rate_window`
-    seconds, the error ratio over the last `error_window`; the runtime is unhealthy after
-    `unhealthy_after` failed scrapes in a row (and until its first good one)."""
+    """Scrapes one runtime, on a keep-alive connection of its own. Token rates and latency
+    medians are over the last `rate_window` seconds, the error ratio over the last
+    `error_window`; the runtime is unhealthy after `unhealthy_after` failed scrapes in a row
+    (and until its first good one). Its models are asked every `models_every` seconds, and at
+    once when it comes back from a failure or restarted (its counters began again)."""
 
     def __init__(
         self,
         kind: RuntimeKind,
         url: str,
-        http: httpx.AsyncClient,
         *,
         timeout: float = 2.0,
         unhealthy_after: int = 2,
-        models_every: float = 15.0,
+        models_every: float = 30.0,
         rate_window: float = 10.0,
         error_window: float = 60.0,
     ) -> None:
         self.kind, self.url = kind, url.rstrip("/")
-        self._http = http
-        self._timeout = timeout
+        self._http = RuntimeHttp(self.url, timeout=timeout)
         self._unhealthy_after = unhealthy_after
         self._models_every = models_every
         self._failures = 0
         self._ever_ok = False
         self._models: list[str] = []
         self._models_at: float | None = None
+        self._page: tuple[int, RuntimeSample] | None = None  # the last page's hash, parsed
         self._recent: _History[_Recent] = _History(rate_window, rate_window / 5)
         self._minute: _History[_Answers] = _History(error_window, error_window / 12)
         self.last_error = ""
@@ -403,26 +411,53 @@ class RuntimeScraper:
     async def scrape(self, now: float) -> RuntimeState:
         """Scrape once; `now` is monotonic seconds."""
         self.scrapes += 1
+        last = self._page[1] if self._page is not None else None
         try:
-            resp = await self._http.get(f"{self.url}/metrics", timeout=self._timeout)
-            resp.raise_for_status()
-            sample = parse_metrics(self.kind, resp.text)
-            if self._models_at is None or now - self._models_at >= self._models_every:
+            sample = await self._metrics()
+            restarted = last is not None and _went_back(
+                [
+                    (sample.prompt_tokens, last.prompt_tokens),
+                    (sample.generation_tokens, last.generation_tokens),
+                    (sample.ok_requests, last.ok_requests),
+                    (sample.failed_requests, last.failed_requests),
+                ]
+            )
+            if restarted or self._models_at is None or now - self._models_at >= self._models_every:
                 self._models = await self._fetch_models()
                 self._models_at = now
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, RuntimeHttpError, ValueError, KeyError, TypeError, AttributeError) as exc:
             return self._failed(exc)
+        if restarted:  # its counters began again: deltas across the restart mean nothing
+            self._recent.clear()
+            self._minute.clear()
         self._failures, self._ever_ok, self.last_error = 0, True, ""
         return self._derive(now, sample)
 
+    def close(self) -> None:
+        self._http.close()
+
+    async def _get(self, path: str) -> bytes:
+        status, body = await self._http.get(path)
+        if not 200 <= status < 300:
+            raise RuntimeHttpError(f"{path}: HTTP {status}")
+        return body
+
+    async def _metrics(self) -> RuntimeSample:
+        """The page, parsed unless it is byte for byte the last one (an idle runtime's is):
+        then comparing its hash is all the work."""
+        body = await self._get("/metrics")
+        digest = hash(body)  # the process' siphash: 64 bits, a few µs for a 15 KB page
+        if self._page is None or self._page[0] != digest:
+            self._page = (digest, parse_metrics(self.kind, body.decode("utf-8", "replace")))
+        return self._page[1]
+
     async def _fetch_models(self) -> list[str]:
-        resp = await self._http.get(f"{self.url}/v1/models", timeout=self._timeout)
-        if resp.status_code == 404 and self.kind == "tgi":  # older TGI: only /info
-            info = await self._http.get(f"{self.url}/info", timeout=self._timeout)
-            info.raise_for_status()
-            return [str(info.json()["model_id"])]
-        resp.raise_for_status()
-        return [str(m["id"]) for m in resp.json().get("data", [])]
+        status, body = await self._http.get("/v1/models")
+        if status == 404 and self.kind == "tgi":  # older TGI: only /info
+            return [str(json.loads(await self._get("/info"))["model_id"])]
+        if not 200 <= status < 300:
+            raise RuntimeHttpError(f"/v1/models: HTTP {status}")
+        return [str(m["id"]) for m in json.loads(body).get("data", [])]
 
     def _failed(self, exc: Exception) -> RuntimeState:
         self.scrape_failures += 1
@@ -439,16 +474,6 @@ class RuntimeScraper:
     def _derive(self, now: float, sample: RuntimeSample) -> RuntimeState:
         recent = _Recent(sample.prompt_tokens, sample.generation_tokens, sample.ttft, sample.itl)
         answers = _Answers(sample.ok_requests, sample.failed_requests)
-        last = self._recent.newest()
-        if last is not None and _went_back(
-            [(recent.prompt, last.prompt), (recent.generation, last.generation)]
-        ):
-            self._recent.clear()  # the runtime restarted: its counters began again
-        last_answers = self._minute.newest()
-        if last_answers is not None and _went_back(
-            [(answers.ok, last_answers.ok), (answers.failed, last_answers.failed)]
-        ):
-            self._minute.clear()
         self._recent.add(now, recent)
         self._minute.add(now, answers)
 

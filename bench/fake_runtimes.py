@@ -204,6 +204,7 @@ class _RuntimeConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.runtimes.served["connections"] += 1  # keep-alive scrapers open one each
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

@@ -5,32 +5,35 @@ simulator's maximum request rate (issue 3, acceptance 6).
     .venv/bin/python bench/fleet.py [--quick] [--runs 1] [--sizes 100,500,2000]
                                     [--modes idle,loaded] [--parts writes,replay,memory,sim]
                                     [--warmup 5] [--window 10] [--wait-idle S]
-                                    [--scrape-client shared|per-agent] [--runtime-ports K]
-                                    [--out bench/results/fleet.json]
+                                    [--repeat-up-to 500] [--agents-per-shard 500]
+                                    [--runtime-ports K] [--out bench/results/fleet.json]
 
-The defaults take about five and a half minutes; `--quick` (N = 100, 3 s windows, 10 fleet
-nodes, a short simulator ladder) about 45 s; `--runs 3` (about 8.5 minutes) repeats the writes
-part for N <= 500 for the medians docs/benchmarks.md reports (N = 2,000, replay, memory and the
-simulator are measured once).
+The defaults take about five minutes; `--quick` (N = 100, 3 s windows, 10 fleet nodes, a short
+simulator ladder) about 45 s. `--runs 3` repeats the writes part for N <= `--repeat-up-to` for
+medians (about eight minutes; ten with `--repeat-up-to 2000`, as docs/benchmarks.md reports);
+the replay, memory and the simulator are measured once.
 
 Parts:
 
-- **writes**: for each N and each load, N real `Agent` objects in one child process, sharing
-  one `EtcdStore`, one `LeaseKeeper`, one `SpecFeed` and one httpx scrape client (with its
-  limits) as `SimulatedFleet` does, named and classed as the default fleet's groups, write
-  their reports to a real etcd (`EmbeddedEtcd`, fsync on, as `make run` starts it) beside the
-  real API (whose watch cache reads every report). They do not scrape simulators: 2,000 uvicorn
-  servers cannot share 2 cores. They scrape fake runtimes, one lightweight asyncio HTTP server
-  in another child process, listening on one port per node as the fleet's simulators do (or
+- **writes**: for each N and each load, N real `Agent` objects in ceil(N / --agents-per-shard)
+  child processes (shards), each shard sharing one `EtcdStore`, one `LeaseKeeper` and one
+  `SpecFeed` among its agents as `SimulatedFleet` does, every agent scraping over its own
+  keep-alive connection; named and classed as the default fleet's groups, they write their
+  reports to a real etcd (`EmbeddedEtcd`, fsync on, as `make run` starts it) beside the real API
+  (whose watch cache reads every report). They do not scrape simulators: 2,000 uvicorn servers
+  cannot share 2 cores. They scrape fake runtimes, one lightweight asyncio HTTP server in
+  another child process, listening on one port per node as the fleet's simulators do (or
   `--runtime-ports K`), that serves each node's vLLM `/metrics` page (rendered by the
   simulator's own metrics code: the same families, names and buckets) and `/v1/models`. `idle`
   pages never change; `loaded` pages change on every scrape as a busy vLLM's do (running,
   waiting, KV-cache use, token counters, histograms, GPU util/temperature). This isolates the
-  agents' write behaviour from the simulator's cost. After `--warmup` s, a window of `--window`
-  s counts etcd writes by the etcd revision delta, cross-checked with the agents' own write
-  counters (by reason), and records the agents' scrapes, the put latency the agents see, their
-  event-loop lag, the CPU of every process, the RSS per agent and the worker's warnings (a lost
-  lease, failed writes). Agents still starting after `--start-limit` s are left out, and said so.
+  agents' write behaviour from the simulator's cost. When every shard runs its agents, and
+  `--warmup` s later, one window of `--window` s, opened and closed in every shard at once (by
+  signals), counts etcd writes by the etcd revision delta, cross-checked with the agents' own
+  write counters (by reason), and records the agents' scrapes, the put latency the agents see,
+  each shard's event-loop lag and CPU, the CPU of every other process, the RSS per agent and the
+  shards' warnings (a lost lease, failed writes). Agents still starting after `--start-limit` s
+  are left out, and said so.
 - **replay**: what etcd and the API make of N agents' writes at the deadband's most (every node
   every `max_interval_s` when idle, every `min_interval_s` when loaded): open-loop puts of a
   real 8-GPU report bound to one lease, from a small writer process, with nothing else busy.
@@ -50,22 +53,21 @@ time and every load loop in requests.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 from fake_runtimes import MODES
-from fleet_report import disturbances, print_tables, report_writes, writes_medians
+from fleet_report import disturbances, print_tables, writes_medians
+from fleet_services import Services, run_worker
 from fleet_workers import LEASE_TTL_S, worker_main
+from fleet_writes import AGENTS_PER_SHARD, REPEAT_MAX_N, writes_part
 from harness import (  # bench/ is on sys.path when run as a script
     ROOT,
-    Api,
     Child,
     RawHTTP,
     closed_loop,
@@ -79,9 +81,8 @@ from harness import (  # bench/ is on sys.path when run as a script
     wait_until_idle,
 )
 
-from infermesh.store.etcd_server import EmbeddedEtcd, etcd_binary
+from infermesh.store.etcd_server import etcd_binary
 
-SCRIPT = Path(__file__).resolve()
 SIZES = (100, 500, 2000)
 PARTS = ("writes", "replay", "memory", "sim")
 REPLAY_SIZES = (2000,)
@@ -89,7 +90,6 @@ FLEET_NODES = (10, 50, 100)
 SIM_LEVELS = (1, 4, 16, 64, 256, 512)
 SIM_TIME_SCALES = (1.0, 0.01)
 SIM_MODEL = "chat-8b@fp16"
-REPEAT_MAX_N = 500  # --runs repeats N up to this; larger N (minutes, a swamped machine) once
 QUICK = {
     "sizes": [100],
     "warmup": 3.0,
@@ -100,117 +100,6 @@ QUICK = {
     "sim_duration": 2.0,
     "sim_time_scales": [0.01],
 }
-
-
-# -- orchestration ------------------------------------------------------------------------------
-class Services:
-    """etcd (fsync on), the API and the fake runtimes of one run, stopped by PID."""
-
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.workdir = workdir
-        self.etcd = EmbeddedEtcd(workdir / "etcd")
-        self.api: Api | None = None
-        self.runtimes: Child | None = None
-        self.ports: list[int] = []
-        self.args = args
-
-    def start(self) -> None:
-        self.etcd.start()
-        self.api = Api(self.etcd.endpoint, self.workdir / "api.log")
-        self.api.wait_ready()
-        ready = self.workdir / "runtimes.ready"
-        nports = self.args.runtime_ports or max(self.args.sizes, default=1)
-        spec = {
-            "ports": nports,
-            "models": ["chat-8b@fp16", "chat-70b@q4_k_m"],
-            "ready_file": str(ready),
-            "stats_file": str(self.workdir / "runtimes.stats"),
-        }
-        self.runtimes = Child(
-            "fake runtimes",
-            [sys.executable, str(SCRIPT), "--role", "runtimes", "--spec", spec_file(spec, ready)],
-            self.workdir / "runtimes.log",
-        )
-        self.runtimes.wait_for(ready.exists, 30)
-        self.ports = json.loads(ready.read_text())["ports"]
-
-    def pids(self) -> dict[str, int | None]:
-        return {
-            "etcd": self.etcd.pid,
-            "api": self.api.process.pid if self.api else None,
-            "runtimes": self.runtimes.pid if self.runtimes else None,
-        }
-
-    def stop(self) -> dict[str, Any]:
-        served: dict[str, Any] = {}
-        if self.runtimes is not None:
-            self.runtimes.stop()
-            with contextlib.suppress(OSError, ValueError):
-                served = json.loads((self.workdir / "runtimes.stats").read_text())
-        if self.api is not None:
-            self.api.stop()
-        self.etcd.stop()
-        return served
-
-
-def spec_file(spec: dict[str, Any], beside: Path) -> str:
-    """A child's parameters, in a file next to its output (argv would be long for 2,000 ports)."""
-    path = beside.with_suffix(".spec")
-    path.write_text(json.dumps(spec))
-    return str(path)
-
-
-def run_worker(role: str, spec: dict[str, Any], svc: Services, timeout: float) -> dict[str, Any]:
-    """Run a worker child to its end (bounded by `timeout`) and read its result."""
-    assert svc.api is not None
-    tag = f"{role}-{uuid.uuid4().hex[:6]}"
-    result = svc.workdir / f"{tag}.json"
-    spec = {
-        **spec,
-        "etcd": svc.etcd.endpoint,
-        "api_url": svc.api.url,
-        "prefix": svc.api.prefix,
-        "result": str(result),
-    }
-    child = Child(
-        f"{role} worker",
-        [sys.executable, str(SCRIPT), "--role", role, "--spec", spec_file(spec, result)],
-        svc.workdir / f"{tag}.log",
-        env={"FLEET_BENCH_TOKEN": svc.api.token},
-    )
-    try:
-        rc = child.wait(timeout)
-    finally:
-        child.stop()
-    if rc != 0 or not result.exists():
-        raise RuntimeError(f"{role} worker failed (exit {rc}):\n{child.tail()}")
-    svc.api.check_alive()
-    return json.loads(result.read_text())
-
-
-def writes_part(args: argparse.Namespace, svc: Services, run: int) -> list[dict[str, Any]]:
-    out = []
-    for n in args.sizes:
-        if run > 1 and n > REPEAT_MAX_N:
-            continue
-        for mode in args.modes:
-            spec = {
-                "n": n,
-                "mode": mode,
-                "project": f"fleet-{mode}-{n}-r{run}",
-                "ports": svc.ports,
-                "warmup": args.warmup,
-                "window": args.window,
-                "pids": svc.pids(),
-                "scrape_client": args.scrape_client,
-                "start_limit": args.start_limit,
-            }
-            timeout = 120 + args.start_limit + args.warmup + args.window
-            res = run_worker("agents", spec, svc, timeout)
-            res["run"] = run
-            out.append(res)
-            report_writes(res)
-    return out
 
 
 def replay_part(args: argparse.Namespace, svc: Services) -> list[dict[str, Any]]:
@@ -404,7 +293,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs",
         type=int,
         default=1,
-        help=f"repeat the writes part for N <= {REPEAT_MAX_N} (medians); larger N run once",
+        help="repeat the writes part for N <= --repeat-up-to (medians); larger N run once",
+    )
+    p.add_argument(
+        "--repeat-up-to",
+        type=int,
+        default=REPEAT_MAX_N,
+        metavar="N",
+        help="the largest N that --runs repeats",
     )
     p.add_argument("--warmup", type=float, default=5.0, help="s after the agents started")
     p.add_argument("--window", type=float, default=10.0, help="measured s per N and load")
@@ -415,10 +311,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="listening ports of the fake runtimes (0: one per node, as in the fleet)",
     )
     p.add_argument(
-        "--scrape-client",
-        choices=("shared", "per-agent"),
-        default="shared",
-        help="one httpx client for all agents (as SimulatedFleet) or one per agent",
+        "--agents-per-shard",
+        type=int,
+        default=AGENTS_PER_SHARD,
+        help="N agents run in ceil(N / this) worker processes (shards), measured together",
     )
     p.add_argument(
         "--start-limit",
@@ -467,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("window 0..120 s, warmup 0..60 s, sim-duration 0..60 s")
     if not (0 <= args.runtime_ports <= 5000 and 1 <= args.max_tokens <= 4096):
         p.error("runtime-ports 0..5000, max-tokens 1..4096")
+    if not (1 <= args.agents_per_shard <= 5000 and 0 <= args.repeat_up_to <= 5000):
+        p.error("agents-per-shard 1..5000, repeat-up-to 0..5000")
     return args
 
 
@@ -535,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             "runtime_ports": args.runtime_ports or "one per node",
             "lease_ttl_s": LEASE_TTL_S,
             "agent": "infermesh.agent.Agent defaults (scrape every 1 s, Deadband defaults), "
-            "shared EtcdStore/LeaseKeeper/SpecFeed/httpx client as SimulatedFleet",
+            "per shard one EtcdStore/LeaseKeeper/SpecFeed shared as SimulatedFleet shares them",
+            "agents_per_shard": args.agents_per_shard,
             "replay_sizes": args.replay_sizes,
             "fleet_nodes": args.fleet_nodes,
             "sim_levels": args.sim_levels,

@@ -17,7 +17,10 @@ def report_writes(r: dict[str, Any]) -> None:
         f"  put p99 {r['put_latency_ms'].get('p99', math.nan):.1f} ms"
         f"  lag p99 {r['loop_lag_ms'].get('p99', math.nan):.0f} ms"
         f"  RSS {r['rss_per_agent_kib']:.0f} KiB/agent  start {r['start_s']:.1f} s  cpu% "
-        + " ".join(f"{k} {v:.0f}" for k, v in cpu.items()),
+        + " ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+        + f"  ({r['shards']} shard(s): "
+        + "/".join(f"{v:.0f}" for v in r["shard_cpu_percent"])
+        + " %)",
         flush=True,
     )
 
@@ -40,11 +43,12 @@ def writes_medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys.setdefault((r["n"], r["mode"]), []).append(r)
     out = []
     for (n, mode), rs in keys.items():
-        row: dict[str, Any] = {"n": n, "mode": mode, "runs": len(rs)}
+        row: dict[str, Any] = {"n": n, "mode": mode, "runs": len(rs), "shards": rs[0]["shards"]}
         row["started"] = statistics.median(r["started"] for r in rs)
         for f in WRITE_FIGURES:
             row[f] = round(statistics.median(r[f] for r in rs), 3)
         row["etcd_writes_per_s_runs"] = [r["etcd_writes_per_s"] for r in rs]
+        row["shard_cpu_max"] = statistics.median(max(r["shard_cpu_percent"]) for r in rs)
         for name, key in (("put_p99_ms", "put_latency_ms"), ("loop_lag_p99_ms", "loop_lag_ms")):
             row[name] = statistics.median(r[key].get("p99", math.nan) for r in rs)
         for proc in ("agents", "etcd", "api", "runtimes", "other"):
@@ -59,16 +63,17 @@ def writes_medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_tables(report: dict[str, Any]) -> None:
     rows = report.get("writes_median") or []
     if rows:
-        print("\netcd writes by N agents in one process (median of each figure over its runs)")
+        print("\netcd writes by N agents (median of each figure over its runs)")
         print(
-            f"{'N':>6} {'load':<7}{'runs':>5}{'kept up':>8}{'started':>8}{'etcd w/s':>10}"
+            f"{'N':>6} {'load':<7}{'runs':>5}{'shards':>7}{'kept up':>8}{'started':>8}"
+            f"{'etcd w/s':>10}"
             f"{'agents w/s':>11}"
             f"{'/agent/s':>9}{'scrapes/s':>10}{'put p99':>10}{'lag p99':>9}{'KiB/agent':>10}"
-            f"{'ms/agent/s':>11}  cpu% agents/etcd/api/runtimes/other"
+            f"{'ms/agent/s':>11}  cpu% agents/etcd/api/runtimes/other, busiest shard"
         )
         for r in rows:
             print(
-                f"{r['n']:>6} {r['mode']:<7}{r['runs']:>5}"
+                f"{r['n']:>6} {r['mode']:<7}{r['runs']:>5}{r['shards']:>7}"
                 f"{r['keeping_up_runs']:>6}/{r['runs']}{r['started']:>8.0f}"
                 f"{r['etcd_writes_per_s']:>10.1f}{r['agent_writes_per_s']:>11.1f}"
                 f"{r['writes_per_agent_per_s']:>9.3f}{r['scrapes_per_s']:>10.0f}"
@@ -77,10 +82,11 @@ def print_tables(report: dict[str, Any]) -> None:
                 + "/".join(
                     f"{r[f'cpu_{p}']:.0f}" for p in ("agents", "etcd", "api", "runtimes", "other")
                 )
+                + f", {r['shard_cpu_max']:.0f}"
             )
         print(
             "kept up: runs in which every agent started, scraped on time (95 %), kept the lease\n"
-            "and had no failed write; where not, the agents' process was swamped, and its etcd\n"
+            "and had no failed write; where not, an agents' process was swamped, and the etcd\n"
             "figures say so rather than what the deadband would make"
         )
     replay = report.get("replay") or []

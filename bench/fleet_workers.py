@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,14 +29,44 @@ LEASE_TTL_S = 5
 START_BATCH = 100  # agents started concurrently
 
 
-# -- the agents worker ----------------------------------------------------------------------------
-async def run_agents(spec: dict[str, Any]) -> dict[str, Any]:
-    """The `agents` role: N real agents against the fake runtimes; measures one window."""
-    import httpx
-
-    from infermesh.agent.agent import Agent, AgentConfig, FactOverrides
-    from infermesh.agent.feed import SpecFeed
+# -- the agents worker: one shard of the N agents ---------------------------------------------
+def fleet_configs(spec: dict[str, Any]) -> list[Any]:
+    """The N agents' configurations (named and classed as the default fleet's groups), each
+    scraping its own fake runtime; a shard takes its slice."""
+    from infermesh.agent.agent import AgentConfig, FactOverrides
     from infermesh.agent.fleet import load_fleet, sized
+
+    ports: list[int] = spec["ports"]
+    configs = []
+    index = 0
+    for group in sized(load_fleet().spec, spec["total_n"]):
+        for i in range(1, group.count + 1):
+            port = ports[index % len(ports)]
+            url = f"http://127.0.0.1:{port}/{spec['mode']}/{group.profile}/{group.model}/{index}"
+            configs.append(
+                AgentConfig(
+                    node=f"{group.name}-{i}",
+                    project=spec["project"],
+                    etcd_prefix=spec["prefix"],
+                    node_class=group.nodeClass,
+                    facts=FactOverrides(domain=group.domain, region=group.region, zone=group.zone),
+                    runtime_url=url,
+                    gpu_source="simulated",
+                    lease_ttl_s=LEASE_TTL_S,
+                    http_port=None,
+                )
+            )
+            index += 1
+    return configs[spec["offset"] : spec["offset"] + spec["n"]]
+
+
+async def run_agents(spec: dict[str, Any]) -> dict[str, Any]:
+    """The `agents` role: one shard, `n` real agents sharing one `EtcdStore`, `LeaseKeeper` and
+    `SpecFeed` as `SimulatedFleet` does, against the fake runtimes. Once they run it says so in
+    `ready_file`; SIGUSR1 opens the measured window and SIGUSR2 closes it (the parent signals
+    every shard at once, so their windows are the one it measures etcd over)."""
+    from infermesh.agent.agent import Agent
+    from infermesh.agent.feed import SpecFeed
     from infermesh.agent.lease import LeaseKeeper
     from infermesh.client import AsyncMeshClient
     from infermesh.store.etcd import EtcdStore
@@ -55,67 +84,38 @@ async def run_agents(spec: dict[str, Any]) -> dict[str, Any]:
             finally:
                 self.put_latencies.append(time.perf_counter() - t0)
 
-    n, mode, project, prefix = spec["n"], spec["mode"], spec["project"], spec["prefix"]
-    ports: list[int] = spec["ports"]
+    loop = asyncio.get_running_loop()
+    window_open, window_closed = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, window_open.set)
+    loop.add_signal_handler(signal.SIGUSR2, window_closed.set)
+    n, project = spec["n"], spec["project"]
+    configs = fleet_configs(spec)
     store = TimedStore([spec["etcd"]])
     store.put_latencies = []
     await store.connect()
     client = AsyncMeshClient(spec["api_url"], os.environ["FLEET_BENCH_TOKEN"], project=project)
-    fleet = load_fleet()
-    objects = [o.to_dict() for o in fleet.objects]
-    for obj in objects:
-        obj["metadata"]["project"] = project
-    await client.apply(objects, project=project)
-    feed = SpecFeed(store, KeyLayout(prefix), project)
+    feed = SpecFeed(store, KeyLayout(spec["prefix"]), project)
     lease = LeaseKeeper(store, LEASE_TTL_S)
-    # The scrape client SimulatedFleet shares among its agents, with the same limits.
-    http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
     agents: list[Agent] = []
     lag = LoopLag()
     try:
         await feed.start()
         await lease.start()
-        configs = []
-        index = 0
-        for group in sized(fleet.spec, n):
-            for i in range(1, group.count + 1):
-                port = ports[index % len(ports)]
-                url = f"http://127.0.0.1:{port}/{mode}/{group.profile}/{group.model}/{index}"
-                configs.append(
-                    AgentConfig(
-                        node=f"{group.name}-{i}",
-                        project=project,
-                        etcd_prefix=prefix,
-                        node_class=group.nodeClass,
-                        facts=FactOverrides(
-                            domain=group.domain, region=group.region, zone=group.zone
-                        ),
-                        runtime_url=url,
-                        gpu_source="simulated",
-                        lease_ttl_s=lease.ttl,
-                        http_port=None,
-                    )
-                )
-                index += 1
         gc.collect()
         rss_base = rss_mb()
-        # The shared scrape client, as SimulatedFleet has it; or each agent its own.
-        scrape_http = http if spec["scrape_client"] == "shared" else None
         t0 = time.perf_counter()
         for first in range(0, n, START_BATCH):
             if time.perf_counter() - t0 > spec["start_limit"]:
                 break  # too slow to start them all: measure the ones running, and say so
             batch = [
-                Agent(c, store, client, feed=feed, lease=lease, http=scrape_http)
+                Agent(c, store, client, feed=feed, lease=lease)
                 for c in configs[first : first + START_BATCH]
             ]
             agents.extend(batch)
             await asyncio.gather(*(a.start() for a in batch))
         start_s = time.perf_counter() - t0
         lag.start()
-        await asyncio.sleep(spec["warmup"])
-
-        sample = processes_sampler(spec["pids"], own="agents")
+        Path(spec["ready_file"]).write_text(json.dumps({"started": len(agents)}))
 
         def counters() -> dict[str, Any]:
             reasons: Counter[str] = Counter()
@@ -127,83 +127,55 @@ async def run_agents(spec: dict[str, Any]) -> dict[str, Any]:
                 "scrapes": sum(a.stats.scrapes for a in agents),
                 "scrape_failures": sum(a.stats.scrape_failures for a in agents),
                 "reasons": reasons,
+                "lease_epoch": lease.epoch,
+                "t": time.perf_counter(),
             }
 
-        # One instant, read synchronously: the loop may be too busy for a gRPC answer in time.
-        rev0, c0, cpu0 = etcd_revision(spec["etcd"]), counters(), sample()
-        epoch0 = lease.epoch
+        await window_open.wait()
+        c0 = counters()
         store.put_latencies = []
         lag.reset()
-        w0 = time.perf_counter()
-        await asyncio.sleep(spec["window"])
-        rev1, c1, cpu1 = etcd_revision(spec["etcd"]), counters(), sample()
-        lease_grants, lease_held = lease.epoch - epoch0, lease.lease_id is not None
-        window = time.perf_counter() - w0
-        put_latency = latency_summary(store.put_latencies)
+        await window_closed.wait()
+        c1 = counters()
+        put_latencies = store.put_latencies
         loop_lag = lag.summary()
+        lease_held = lease.lease_id is not None
         rss_after = rss_mb()
-        pid_rss = {name: rss_mb(pid) for name, pid in spec["pids"].items()}
         ready = sum(1 for a in agents if a.report is not None and a.report.is_true("Ready"))
         sizes = [len(a.report.to_json()) for a in agents if a.report is not None]
     finally:
         await lag.stop()
-        stop_t0 = time.perf_counter()
         # All at once: on a swamped loop each stop's delete may wait out its timeout.
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
         await lease.stop(revoke=True)
         await feed.stop()
-        await http.aclose()
         await client.aclose()
         await store.close()
-        stop_s = time.perf_counter() - stop_t0
 
-    per_s = {k: (c1[k] - c0[k]) / window for k in ("writes", "scrapes", "scrape_failures")}
-    cpu = cpu_percent(cpu0, cpu1)
-    write_failures = c1["write_failures"] - c0["write_failures"]
-    # Whether the process kept up: all started, scraping on time, its lease kept, writes landing.
-    keeping_up = (
-        len(agents) == n
-        and per_s["scrapes"] >= 0.95 * n
-        and lease_held
-        and lease_grants == 0
-        and write_failures == 0
-    )
-    reasons = {k: round((c1["reasons"][k] - c0["reasons"][k]) / window, 1) for k in c1["reasons"]}
+    window = c1["t"] - c0["t"]
     return {
+        "shard": spec["shard"],
         "n": n,
         "started": len(agents),
-        "mode": mode,
-        "project": project,
-        "runtime_ports": len(ports),
-        "scrape_client": spec["scrape_client"],
         "start_s": round(start_s, 2),
-        "stop_s": round(stop_s, 2),
-        "warmup_s": spec["warmup"],
         "window_s": round(window, 3),
-        "etcd_revisions": rev1 - rev0,
-        "etcd_writes_per_s": round((rev1 - rev0) / window, 1),
-        "agent_writes_per_s": round(per_s["writes"], 1),
-        "agent_writes_by_reason_per_s": {k: v for k, v in sorted(reasons.items()) if v},
-        "writes_per_agent_per_s": round(per_s["writes"] / max(1, len(agents)), 3),
-        "write_failures": write_failures,
-        "keeping_up": keeping_up,
-        "scrapes_per_s": round(per_s["scrapes"], 1),
-        "scrapes_nominal_per_s": len(agents) / 1.0,
+        "writes": c1["writes"] - c0["writes"],
+        "writes_by_reason": {
+            k: c1["reasons"][k] - c0["reasons"][k] for k in c1["reasons"] if c1["reasons"][k]
+        },
+        "write_failures": c1["write_failures"] - c0["write_failures"],
+        "scrapes": c1["scrapes"] - c0["scrapes"],
         "scrape_failures": c1["scrape_failures"] - c0["scrape_failures"],
-        "ready_at_end": ready,
-        "report_bytes_mean": round(statistics.fmean(sizes)) if sizes else None,
-        "lease_grants_in_window": lease_grants,
+        "lease_grants_in_window": c1["lease_epoch"] - c0["lease_epoch"],
         "lease_held_at_end": lease_held,
-        "log_warnings": dict(WARNINGS),
-        "put_latency_ms": put_latency,
+        "lease_max_loop_lag_s": round(lease.max_loop_lag_s, 3),
+        "ready_at_end": ready,
+        "report_bytes": sizes,
+        "put_latencies_s": put_latencies,
         "loop_lag_ms": loop_lag,
-        "cpu_percent": cpu,
-        # CPU ms the agents' process spends per agent per second (per scrape, at 1 s)
-        "cpu_ms_per_agent_s": round(10 * cpu.get("agents", 0.0) / max(1, len(agents)), 2),
-        "rss_mb": {"agents_before": rss_base, "agents_after": rss_after, **pid_rss},
-        "rss_per_agent_kib": round(
-            ((rss_after or 0) - (rss_base or 0)) * 1024 / max(1, len(agents)), 1
-        ),
+        "rss_mb_before": rss_base,
+        "rss_mb_after": rss_after,
+        "log_warnings": dict(WARNINGS),
     }
 
 

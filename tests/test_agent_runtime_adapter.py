@@ -1,6 +1,6 @@
 """Runtime adapters: vLLM (both KV-cache metric names), SGLang (both prefixes) and TGI pages,
 and a scraper against a real HTTP server: rates between scrapes, medians, error ratio, models,
-and unhealthy after failed scrapes.
+unhealthy after failed scrapes, and one kept-alive connection per runtime.
 
 `CannedRuntime` (a real HTTP server in a thread, serving whatever page the test sets) stands in
 for an external runtime; the agent tests use it too.
@@ -8,14 +8,14 @@ for an external runtime; the agent tests use it too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
-import pytest_asyncio
 
 from infermesh.agent.runtime_adapter import Histogram, RuntimeScraper, parse_metrics
 
@@ -24,16 +24,34 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 class CannedRuntime:
     """An HTTP server answering `/metrics` with `metrics`, `/v1/models` with `models`, and 503
-    on everything while `down`."""
+    on everything while `down`; it counts the connections opened to it and the requests by path.
 
-    def __init__(self) -> None:
+    By default it speaks HTTP/1.0 and closes every connection after one answer, as Python's
+    http.server does. `keep_alive` answers in HTTP/1.1 on persistent connections (as uvicorn,
+    vLLM's server, does), `chunked` sends bodies chunked, and `drop_idle` closes each connection
+    after its answer without saying so (a keep-alive timeout racing the next request)."""
+
+    def __init__(
+        self, *, keep_alive: bool = False, chunked: bool = False, drop_idle: bool = False
+    ) -> None:
         self.metrics = ""
         self.models = [MODEL]
         self.down = False
-        runtime = self
+        self.connections = 0
+        self.requests: Counter[str] = Counter()
+        runtime, lock = self, threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive or chunked or drop_idle else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with lock:
+                    runtime.connections += 1
+
             def do_GET(self) -> None:
+                with lock:
+                    runtime.requests[self.path] += 1
                 if runtime.down:
                     self._answer(503, "text/plain", b"unavailable")
                 elif self.path == "/metrics":
@@ -44,10 +62,20 @@ class CannedRuntime:
                     self._answer(200, "application/json", body)
                 else:
                     self._answer(404, "text/plain", b"not found")
+                if drop_idle:
+                    self.close_connection = True
 
             def _answer(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for i in range(0, len(body), 1000):
+                        part = body[i : i + 1000]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -72,12 +100,6 @@ def runtime() -> Iterator[CannedRuntime]:
     server = CannedRuntime()
     yield server
     server.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 def vllm_page(
@@ -268,9 +290,9 @@ def test_histogram_quantile_edges() -> None:
 
 
 async def test_scraper_rates_medians_and_error_ratio_between_scrapes(
-    runtime: CannedRuntime, http: httpx.AsyncClient
+    runtime: CannedRuntime,
 ) -> None:
-    scraper = RuntimeScraper("vllm", runtime.url, http)
+    scraper = RuntimeScraper("vllm", runtime.url)
     runtime.metrics = vllm_page(prompt=1000, generation=2000, ttft=(0, 0, 0, 0), ok=100)
     first = await scraper.scrape(100.0)
     assert first.reading.healthy and first.reading.models == [MODEL]
@@ -288,10 +310,8 @@ async def test_scraper_rates_medians_and_error_ratio_between_scrapes(
     assert reading.running == 4
 
 
-async def test_runtime_restart_resets_the_rates(
-    runtime: CannedRuntime, http: httpx.AsyncClient
-) -> None:
-    scraper = RuntimeScraper("vllm", runtime.url, http)
+async def test_runtime_restart_resets_the_rates(runtime: CannedRuntime) -> None:
+    scraper = RuntimeScraper("vllm", runtime.url)
     runtime.metrics = vllm_page(generation=5000)
     await scraper.scrape(10.0)
     runtime.metrics = vllm_page(generation=100)  # counters began again
@@ -301,10 +321,8 @@ async def test_runtime_restart_resets_the_rates(
     assert (await scraper.scrape(13.0)).reading.generationTokensPerS == 100.0
 
 
-async def test_failed_scrapes_make_the_runtime_unhealthy(
-    runtime: CannedRuntime, http: httpx.AsyncClient
-) -> None:
-    scraper = RuntimeScraper("vllm", runtime.url, http, unhealthy_after=2)
+async def test_failed_scrapes_make_the_runtime_unhealthy(runtime: CannedRuntime) -> None:
+    scraper = RuntimeScraper("vllm", runtime.url, unhealthy_after=2)
     runtime.metrics = vllm_page(running=1)
     assert (await scraper.scrape(1.0)).reading.healthy
     runtime.down = True
@@ -316,9 +334,91 @@ async def test_failed_scrapes_make_the_runtime_unhealthy(
     assert (await scraper.scrape(4.0)).reading.healthy
 
 
-async def test_a_runtime_never_reached_is_unhealthy(http: httpx.AsyncClient) -> None:
+async def test_a_runtime_never_reached_is_unhealthy() -> None:
     server = CannedRuntime()
     url = server.url
     server.stop()  # nothing listens there any more
-    state = await RuntimeScraper("tgi", url, http).scrape(1.0)
+    state = await RuntimeScraper("tgi", url).scrape(1.0)
     assert not state.reading.healthy
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_scrapes_keep_one_connection_and_ask_for_models_now_and_then(
+    chunked: bool,
+) -> None:
+    server = CannedRuntime(keep_alive=True, chunked=chunked)
+    try:
+        scraper = RuntimeScraper("vllm", server.url, models_every=30)
+        for t in range(1, 11):
+            server.metrics = vllm_page(running=t)  # a page that changes on every scrape
+            state = await scraper.scrape(float(t))
+            assert state.reading.healthy and state.reading.running == t
+        assert server.connections == 1
+        assert server.requests == {"/metrics": 10, "/v1/models": 1}
+        await scraper.scrape(45.0)  # 30 s on: the models are asked again
+        assert server.requests["/v1/models"] == 2
+        scraper.close()
+    finally:
+        server.stop()
+
+
+async def test_a_restarted_runtime_is_asked_for_its_models_at_once() -> None:
+    server = CannedRuntime(keep_alive=True)
+    try:
+        scraper = RuntimeScraper("vllm", server.url, models_every=30)
+        server.metrics = vllm_page(generation=5000)
+        assert (await scraper.scrape(1.0)).reading.models == [MODEL]
+        server.models = ["another-model"]  # restarted with another model: counters began again
+        server.metrics = vllm_page(generation=10)
+        assert (await scraper.scrape(2.0)).reading.models == ["another-model"]
+        scraper.close()
+    finally:
+        server.stop()
+
+
+async def test_an_unchanged_page_reads_the_same_and_a_change_is_read() -> None:
+    server = CannedRuntime(keep_alive=True)
+    try:
+        scraper = RuntimeScraper("vllm", server.url)
+        server.metrics = vllm_page(running=2, kv=0.5)
+        first = await scraper.scrape(1.0)
+        again = await scraper.scrape(2.0)
+        assert (again.reading.running, again.reading.kvCacheUsage) == (2, 0.5)
+        assert again.sample == first.sample
+        server.metrics = vllm_page(running=5, kv=0.5)
+        assert (await scraper.scrape(3.0)).reading.running == 5
+        scraper.close()
+    finally:
+        server.stop()
+
+
+async def test_a_connection_the_runtime_dropped_is_opened_again_without_a_failure() -> None:
+    server = CannedRuntime(drop_idle=True)
+    try:
+        scraper = RuntimeScraper("vllm", server.url)
+        server.metrics = vllm_page(running=1)
+        for t in range(1, 4):
+            assert (await scraper.scrape(float(t))).reading.healthy
+        assert scraper.scrape_failures == 0
+        scraper.close()
+    finally:
+        server.stop()
+
+
+async def test_an_answer_that_is_not_http_is_a_failed_scrape() -> None:
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        scraper = RuntimeScraper("vllm", f"http://127.0.0.1:{port}")
+        state = await scraper.scrape(1.0)
+        assert not state.reading.healthy and "not an HTTP/1.x answer" in scraper.last_error
+        scraper.close()
+    finally:
+        server.close()
+        await server.wait_closed()
