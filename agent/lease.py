@@ -165,7 +165,7 @@ class _Refresher:
     async def _refresh(self, sent_at: float) -> None:
         try:
             # One keep-alive round trip (the store's own `Lease` loop waits for each answer).
-            remaining = await self._store._keepalive_once(self._lease.id)
+            remaining = await self._store.keepalive_once(self._lease.id)
         except EtcdUnavailable:
             self._failed = True  # no answer in time: the next refresh may have one
             return

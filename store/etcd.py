@@ -143,7 +143,7 @@ class Lease:
             await asyncio.sleep(delay)
             sent_at = loop.time()
             try:
-                remaining = await self._store._keepalive_once(self.id)
+                remaining = await self._store.keepalive_once(self.id)
             except EtcdUnavailable as exc:
                 if loop.time() - confirmed_at > self.ttl:
                     log.warning(
@@ -466,7 +466,7 @@ class EtcdStore:
         """Revoke any lease by id, deleting its keys (`LeaseNotFound` if it is gone already)."""
         await self._call(self._lease.revoke(lease_id, timeout=self._timeout))
 
-    async def _keepalive_once(self, lease_id: int) -> int:
+    async def keepalive_once(self, lease_id: int) -> int:
         """Refresh a lease once; returns its remaining TTL (0 when etcd no longer knows it)."""
         try:
             call = self._lease.keep_alive(lease_id)
