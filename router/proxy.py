@@ -38,7 +38,7 @@ class Attempt:
     started: float
     first_at: float
     hedge: bool
-    _finished: Callable[[Attempt], None] = field(repr=False, default=lambda _: None)
+    on_finish: Callable[[Attempt], None] = field(repr=False, default=lambda _: None)
     _done: bool = False
 
     @property
@@ -62,7 +62,7 @@ class Attempt:
     def finish(self) -> None:
         if not self._done:
             self._done = True
-            self._finished(self)
+            self.on_finish(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,10 @@ async def open_attempt(
     headers: Mapping[str, str],
     *,
     hedge: bool,
+    on_finish: Callable[[Attempt], None] = lambda _: None,
 ) -> Attempt:
+    """Call the runtime and wait for the first byte of its answer. `on_finish` runs once when
+    the attempt is over (its body read, or closed)."""
     started = time.monotonic()
     try:
         response = await session.post(replica.url + path, data=body, headers=headers)
@@ -108,7 +111,7 @@ async def open_attempt(
     except BaseException:  # cancelled: this attempt lost the race or the client left
         response.close()
         raise
-    return Attempt(replica, response, first, started, time.monotonic(), hedge)
+    return Attempt(replica, response, first, started, time.monotonic(), hedge, on_finish)
 
 
 async def race(

@@ -300,25 +300,31 @@ class RouterApp:
         completed = False
         try:
             await response.prepare(request)
-            chunk = winner.first
-            await response.write(chunk)
-            events += chunk.count(b"data:")
-            if keep is not None:
-                keep.append(chunk)
-            try:
-                async for chunk in winner.rest():
-                    await response.write(chunk)
-                    events += chunk.count(b"data:")
-                    if keep is not None:
-                        keep.append(chunk)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                # After the first byte there is no retry: end the stream with an error event.
-                outcome.status = 502
-                tail = _stream_error(f"the runtime on {winner.replica.node} failed: {exc!s}")
-                await response.write(tail)
-                return response
+            chunk: bytes | None = winner.first
+            rest = winner.rest()
+            while chunk is not None:
+                await response.write(chunk)
+                events += chunk.count(b"data:")
+                if keep is not None:
+                    keep.append(chunk)
+                try:
+                    chunk = await anext(rest, None)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    # After the first byte there is no retry: end the stream with an error event.
+                    outcome.status = 502
+                    tail = _stream_error(f"the runtime on {winner.replica.node} failed: {exc!s}")
+                    await response.write(tail)
+                    return response
             await response.write_eof()
             completed = True
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            # The caller hung up mid-answer (a write failed): neither a runtime's failure nor
+            # an error to log; 499 as nginx counts it, so the SLIs leave it out.
+            outcome.status = 499
+            return response
+        except asyncio.CancelledError:  # the caller hung up and aiohttp cancelled the handler
+            outcome.status = 499
+            raise
         finally:
             winner.close()
             outcome.completion_tokens = max(0, events - 2) if inv.stream else 0

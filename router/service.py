@@ -300,14 +300,18 @@ class RouterService:
         async def attempt(replica: Replica, hedge: bool) -> Attempt:
             inflight[replica.slot] += 1
             try:
-                result = await open_attempt(
-                    session, replica, inv.upstream_path, body, headers, hedge=hedge
+                return await open_attempt(
+                    session,
+                    replica,
+                    inv.upstream_path,
+                    body,
+                    headers,
+                    hedge=hedge,
+                    on_finish=finished,
                 )
             except BaseException:
                 inflight[replica.slot] -= 1
                 raise
-            result._finished = finished
-            return result
 
         def start(replica: Replica, hedge: bool) -> asyncio.Task[Attempt]:
             return asyncio.create_task(attempt(replica, hedge))
