@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-router bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,21 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/api.py
+
+bench-router: $(STAMP)
+	$(BIN)/python bench/router.py
+
+# The peer routers (vllm-router, smg) live in their own venv; this is the only step that downloads.
+PEERS       := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP): bench/peers/requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(BIN)/python bench/router.py --peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info
