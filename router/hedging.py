@@ -5,6 +5,7 @@ one (`HedgeBudget`), and the per-replica TTFT p95 the `ttft-p95` delay mode read
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -64,18 +65,30 @@ class TtftTracker:
 
     Keeps the last `samples` per slot and recomputes the p95 every `every` samples once there are
     `min_samples`, so one observation costs a store and, now and then, a small percentile.
+    A slot that has not answered for `max_age_s` forgets its samples (`expire`): a replica the
+    strategies avoid for a bad p95 would otherwise keep that p95 forever, since avoided replicas
+    produce no new samples, and traffic would herd onto whichever p95 happens to be lowest.
     """
 
     def __init__(
-        self, ttft_p95_ms: np.ndarray, samples: int = 64, min_samples: int = 8, every: int = 8
+        self,
+        ttft_p95_ms: np.ndarray,
+        samples: int = 64,
+        min_samples: int = 8,
+        every: int = 8,
+        max_age_s: float = 5.0,
     ) -> None:
         self.ttft_p95_ms = ttft_p95_ms
         self.samples, self.min_samples, self.every = samples, min_samples, every
+        self.max_age_s = max_age_s
         # Rings only for slots that have answered: LiveState's arrays span every slot ever.
         self._rings: dict[int, np.ndarray] = {}
         self._seen: dict[int, int] = {}
+        self._last: dict[int, float] = {}
+        self._next_expiry = 0.0
 
-    def observe(self, slot: int, ttft_ms: float) -> None:
+    def observe(self, slot: int, ttft_ms: float, now: float | None = None) -> None:
+        self._last[slot] = time.monotonic() if now is None else now
         ring = self._rings.get(slot)
         if ring is None:
             ring = self._rings[slot] = np.empty(self.samples)
@@ -84,3 +97,12 @@ class TtftTracker:
         seen = self._seen[slot] = seen + 1
         if seen >= self.min_samples and seen % self.every == 0:
             self.ttft_p95_ms[slot] = np.percentile(ring[: min(seen, self.samples)], 95)
+
+    def expire(self, now: float) -> None:
+        """Forget slots silent for `max_age_s`; cheap to call per request (runs once a second)."""
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + 1.0
+        for slot in [s for s, last in self._last.items() if now - last > self.max_age_s]:
+            del self._last[slot], self._seen[slot], self._rings[slot]
+            self.ttft_p95_ms[slot] = np.nan

@@ -112,7 +112,9 @@ class RouterService:
     def plan(self, inv: Invocation, endpoint: Endpoint, tenant: str) -> Plan:
         project = inv.project
         key = f"{project}/{endpoint.metadata.name}"
-        self.breakers.tick(time.monotonic())  # ejections that are over become half-open
+        now = time.monotonic()
+        self.breakers.tick(now)  # ejections that are over become half-open
+        self.ttft.expire(now)  # TTFTs of replicas that went quiet are no longer news
         revision = self.splits.pick_revision(endpoint)
         route = self.view.route(project, endpoint, revision)
         if not len(route.candidates):
@@ -325,7 +327,7 @@ class RouterService:
         winner = result.winner
         if winner.status < 500:
             self.breakers.record_success(winner.replica.slot, now)
-            self.ttft.observe(winner.replica.slot, winner.ttft_ms)
+            self.ttft.observe(winner.replica.slot, winner.ttft_ms, now)
         if result.retries:
             self.signals.retries.labels(plan.ctx.endpoint).inc(result.retries)
         if result.hedges_fired:

@@ -83,3 +83,15 @@ def test_ttft_p95_follows_the_recent_answers() -> None:
     for _ in range(7):
         tracker.observe(0, 50.0)
     assert p95[0] == 500.0  # recomputed every eighth sample, not on each one
+
+
+def test_a_replica_that_went_quiet_forgets_its_ttft() -> None:
+    p95 = np.full(4, np.nan)
+    tracker = TtftTracker(p95, max_age_s=5.0)
+    for i in range(8):
+        tracker.observe(2, 4000.0, now=100.0 + i * 0.1)  # a backlog once made it slow
+    assert p95[2] == 4000.0
+    tracker.expire(103.0)
+    assert p95[2] == 4000.0  # recent: still news
+    tracker.expire(106.0)
+    assert np.isnan(p95[2])  # no answer for 5 s: strategies fall back to the agent's TTFT
