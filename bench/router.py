@@ -9,8 +9,10 @@ with `--peers`, the same load against vllm-router and smg (issue 4, acceptance 3
     .venv/bin/python bench/router.py --peers        # bench/results/router_peers.json
                                                     # (`make bench-peers` installs the peers)
 
-One default run takes about 6 minutes, `--quick` about 2, `--runs 3` (the medians that
-docs/benchmarks.md reports; the fleet part runs once) about 9. `--peers` takes about 8.
+One default run takes about 6 minutes, `--quick` about 1.5, `--runs 3` (the medians that
+docs/benchmarks.md reports; the fleet part runs once) about 10, `--peers` about 11 and
+`--peers --fleet-runs 3` (medians of the fleet windows) about 27, plus any waits for quiet.
+`bench/router_report.py` prints both result files again with the targets re-derived.
 
 Cores: the router under test (ours or a peer) runs alone on core 1 (`taskset -c 1`); the load
 generator (this process), the runtimes, their agents, etcd and the API share core 0. So "one

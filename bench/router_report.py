@@ -146,7 +146,12 @@ def verdicts(ours: dict[str, Any] | None, peers: dict[str, Any] | None) -> list[
         ">= 1,500 streamed requests/s on one core",
         streams,
         None if streams is None else streams >= TARGET_STREAMS_PER_S,
-        f"burst ramp; with paced tokens: {_get(s, 'paced_max_per_s', 'median')}/s",
+        "burst ramp"
+        + (
+            f"; with paced tokens: {paced}/s"
+            if (paced := _get(s, "paced_max_per_s", "median"))
+            else ""
+        ),
     )
     ours_p99, peer_rows = hybrid_vs_peers(ours, peers)
     best = min((r["ttft_p99_ms"] for r in peer_rows), default=None)
