@@ -17,9 +17,24 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
+from infermesh.answers import (
+    ApplyResult,
+    ItemList,
+    MeshObject,
+    ObjectList,
+    WatchEvent,
+    body_of,
+    plural_of,
+    read_apply_results,
+    read_items,
+    read_json,
+    read_nothing,
+    read_object,
+    read_object_list,
+    read_server_version,
+)
 from infermesh.context import Context
-from infermesh.errors import MeshError, Unavailable
-from infermesh.model import kind_for
+from infermesh.errors import Unavailable
 
 __all__ = [
     "ApplyResult",
@@ -32,7 +47,6 @@ __all__ = [
     "plural_of",
 ]
 
-STALE_HEADER = "X-InferMesh-Stale"
 # Streams idle longer than this are presumed dead and resumed; the server pings more often.
 STREAM_READ_TIMEOUT = 60.0
 RECONNECT_TIMEOUT = 30.0  # give up a stream after this long without a successful reconnect
@@ -40,116 +54,6 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 R = TypeVar("R")
 P = ParamSpec("P")
-
-
-class MeshObject(dict[str, Any]):
-    """An object as the server sent it; `stale` is true when it came from the API's cache
-    while etcd was unreachable."""
-
-    stale: bool = False
-
-
-class ItemList(list[dict[str, Any]]):
-    """Records (events, audit) as listed; `resource_version` is where a stream should resume
-    to miss nothing after them."""
-
-    resource_version: str = ""
-
-
-@dataclass
-class ObjectList:
-    items: list[dict[str, Any]]
-    resource_version: str
-    stale: bool = False
-
-
-@dataclass
-class ApplyResult:
-    kind: str
-    name: str
-    project: str
-    action: str  # created | configured | unchanged
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class WatchEvent:
-    type: str  # ADDED | MODIFIED | DELETED | RESYNC | BOOKMARK
-    object: dict[str, Any]
-    resource_version: str
-
-
-def plural_of(word: str) -> str:
-    """The URL plural of a kind, plural or alias ("ep", "Endpoint" -> "endpoints")."""
-    return kind_for(word).plural
-
-
-# --- answers -------------------------------------------------------------------------------
-
-
-def _body(resp: httpx.Response) -> Any:
-    """The JSON body of a 2xx answer, or the server's error raised as its MeshError."""
-    try:
-        body = resp.json() if resp.content else None
-    except ValueError:
-        body = resp.text
-    if resp.is_success:
-        return body
-    raise MeshError.from_json(resp.status_code, body)
-
-
-def _stale(resp: httpx.Response) -> bool:
-    return resp.headers.get(STALE_HEADER, "").lower() == "true"
-
-
-def _object(resp: httpx.Response) -> MeshObject:
-    obj = MeshObject(_body(resp) or {})
-    obj.stale = _stale(resp)
-    return obj
-
-
-def _object_list(resp: httpx.Response) -> ObjectList:
-    body = _body(resp)
-    meta = body.get("metadata") or {}
-    return ObjectList(
-        items=list(body.get("items") or []),
-        resource_version=str(meta.get("resourceVersion", "")),
-        stale=bool(meta.get("stale")) or _stale(resp),
-    )
-
-
-def _items(resp: httpx.Response) -> ItemList:
-    body = _body(resp)
-    if not isinstance(body, dict):
-        return ItemList(body or [])
-    items = ItemList(body.get("items") or [])
-    items.resource_version = str((body.get("metadata") or {}).get("resourceVersion", ""))
-    return items
-
-
-def _apply_results(resp: httpx.Response) -> list[ApplyResult]:
-    return [
-        ApplyResult(
-            kind=r["kind"],
-            name=r["name"],
-            project=r.get("project", "default"),
-            action=r["action"],
-            warnings=list(r.get("warnings") or []),
-        )
-        for r in _body(resp)["results"]
-    ]
-
-
-def _json(resp: httpx.Response) -> dict[str, Any]:
-    return _body(resp) or {}
-
-
-def _server_version(resp: httpx.Response) -> str:
-    return str((_body(resp).get("info") or {}).get("version", "unknown"))
-
-
-def _nothing(resp: httpx.Response) -> None:
-    _body(resp)
 
 
 @dataclass(frozen=True)
@@ -340,24 +244,27 @@ class _ClientBase:
         params = {"project": self._project(project)}
         if label_selector:
             params["labelSelector"] = label_selector
-        return _Call("GET", f"/v1/{plural_of(plural)}", _object_list, params)
+        return _Call("GET", f"/v1/{plural_of(plural)}", read_object_list, params)
 
     @_Op
     def get(self, plural: str, name: str, *, project: str | None = None) -> _Call[MeshObject]:
         return _Call(
-            "GET", f"/v1/{plural_of(plural)}/{name}", _object, {"project": self._project(project)}
+            "GET",
+            f"/v1/{plural_of(plural)}/{name}",
+            read_object,
+            {"project": self._project(project)},
         )
 
     @_Op
     def create(self, obj: dict[str, Any]) -> _Call[MeshObject]:
         plural, _, project = self._object_path(obj)
-        return _Call("POST", f"/v1/{plural}", _object, {"project": project}, obj)
+        return _Call("POST", f"/v1/{plural}", read_object, {"project": project}, obj)
 
     @_Op
     def replace(self, obj: dict[str, Any]) -> _Call[MeshObject]:
         """Replace an object; with `metadata.resourceVersion` set, a stale one is a Conflict."""
         plural, name, project = self._object_path(obj)
-        return _Call("PUT", f"/v1/{plural}/{name}", _object, {"project": project}, obj)
+        return _Call("PUT", f"/v1/{plural}/{name}", read_object, {"project": project}, obj)
 
     @_Op
     def patch(
@@ -367,7 +274,7 @@ class _ClientBase:
         return _Call(
             "PATCH",
             f"/v1/{plural_of(plural)}/{name}",
-            _object,
+            read_object,
             {"project": self._project(project)},
             patch,
         )
@@ -384,7 +291,7 @@ class _ClientBase:
         params = {"project": self._project(project)}
         if resource_version:
             params["resourceVersion"] = resource_version
-        return _Call("DELETE", f"/v1/{plural_of(plural)}/{name}", _nothing, params)
+        return _Call("DELETE", f"/v1/{plural_of(plural)}/{name}", read_nothing, params)
 
     @_Op
     def apply(
@@ -402,7 +309,7 @@ class _ClientBase:
         if dry_run:
             params["dryRun"] = "true"
         body = {"apiVersion": "v1", "kind": "List", "items": objects}
-        return _Call("POST", "/v1/apply", _apply_results, params, body)
+        return _Call("POST", "/v1/apply", read_apply_results, params, body)
 
     @_Op
     def action(
@@ -418,7 +325,7 @@ class _ClientBase:
         return _Call(
             "POST",
             f"/v1/{plural_of(plural)}/{name}:{verb}",
-            _json,
+            read_json,
             {"project": self._project(project)},
             body or {},
         )
@@ -436,7 +343,7 @@ class _ClientBase:
         the highest weight in the traffic split); the updated Endpoint."""
         body = {"reason": reason, **({"revision": revision} if revision else {})}
         params = {"project": self._project(project)}
-        return _Call("POST", f"/v1/endpoints/{name}:promote", _json, params, body)
+        return _Call("POST", f"/v1/endpoints/{name}:promote", read_json, params, body)
 
     @_Op
     def rollback(
@@ -444,28 +351,30 @@ class _ClientBase:
     ) -> _Call[dict[str, Any]]:
         """Drop endpoint NAME's traffic split: all traffic back to its model."""
         params = {"project": self._project(project)}
-        return _Call("POST", f"/v1/endpoints/{name}:rollback", _json, params, {"reason": reason})
+        return _Call(
+            "POST", f"/v1/endpoints/{name}:rollback", read_json, params, {"reason": reason}
+        )
 
     @_Op
     def series(self, **query: Any) -> _Call[dict[str, Any]]:
         """SLI series of a project (`GET /v1/metrics/series`): `{"series": [{<by dimensions>,
         "total", "points"}]}`. Query: project, endpoint, revision, domain, tenant, since and
         until (epoch seconds or "-5m"), step (seconds), by ("endpoint,revision")."""
-        return _Call("GET", "/v1/metrics/series", _json, self._event_params(query))
+        return _Call("GET", "/v1/metrics/series", read_json, self._event_params(query))
 
     @_Op
     def events(self, **filters: Any) -> _Call[ItemList]:
         """Recent events, newest first; filters: project, kind, name, type, since, limit."""
-        return _Call("GET", "/v1/events", _items, self._event_params(filters))
+        return _Call("GET", "/v1/events", read_items, self._event_params(filters))
 
     @_Op
     def audit(self, *, limit: int = 100) -> _Call[ItemList]:
-        return _Call("GET", "/v1/audit", _items, {"limit": str(limit)})
+        return _Call("GET", "/v1/audit", read_items, {"limit": str(limit)})
 
     @_Op
     def audit_verify(self) -> _Call[dict[str, Any]]:
         """`{ok, records, headHash, brokenSeq, problem}` of the audit hash chain."""
-        return _Call("GET", "/v1/audit:verify", _json)
+        return _Call("GET", "/v1/audit:verify", read_json)
 
     @_Op
     def create_token(
@@ -477,24 +386,24 @@ class _ClientBase:
     ) -> _Call[dict[str, Any]]:
         """Mint a token (orgAdmin only); the answer holds the token, shown this once."""
         body = {"subject": subject, "roles": roles, "projects": projects, "tenants": tenants or []}
-        return _Call("POST", "/v1/tokens", _json, body=body)
+        return _Call("POST", "/v1/tokens", read_json, body=body)
 
     @_Op
     def whoami(self) -> _Call[dict[str, Any]]:
-        return _Call("GET", "/v1/whoami", _json)
+        return _Call("GET", "/v1/whoami", read_json)
 
     @_Op
     def healthz(self) -> _Call[dict[str, Any]]:
-        return _Call("GET", "/healthz", _json)
+        return _Call("GET", "/healthz", read_json)
 
     @_Op
     def readyz(self) -> _Call[dict[str, Any]]:
-        return _Call("GET", "/readyz", _json)
+        return _Call("GET", "/readyz", read_json)
 
     @_Op
     def server_version(self) -> _Call[str]:
         """The API's version, from its OpenAPI document."""
-        return _Call("GET", "/openapi.json", _server_version)
+        return _Call("GET", "/openapi.json", read_server_version)
 
 
 class MeshClient(_ClientBase):
@@ -523,7 +432,7 @@ class MeshClient(_ClientBase):
                 with connect_sse(self._http, "GET", stream.url, **stream.request()) as source:
                     if not source.response.is_success:
                         source.response.read()
-                        _body(source.response)  # raises the server's error
+                        body_of(source.response)  # raises the server's error
                     for sse in source.iter_sse():
                         stream.seen(sse)
                         if sse.data:  # a keep-alive ping decodes as an event without data
@@ -586,7 +495,7 @@ class AsyncMeshClient(_ClientBase):
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
-                        _body(source.response)  # raises the server's error
+                        body_of(source.response)  # raises the server's error
                     async for sse in source.aiter_sse():
                         stream.seen(sse)
                         if sse.data:  # a keep-alive ping decodes as an event without data

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from infermesh.answers import body_of
 from infermesh.context import Context
 from infermesh.errors import BadRequest, MeshError, Unavailable
 
@@ -210,12 +211,7 @@ def _headers(domain_hint: str | None, idempotency_key: str | None) -> dict[str, 
 
 def _json_body(resp: httpx.Response) -> dict[str, Any]:
     """A 2xx answer's JSON object, or the router's error raised as its MeshError."""
-    try:
-        body = resp.json() if resp.content else {}
-    except ValueError:
-        body = resp.text
-    if not resp.is_success:
-        raise MeshError.from_json(resp.status_code, body)
+    body = body_of(resp) or {}
     if not isinstance(body, dict):
         raise MeshError(f"the router answered with something other than a JSON object: {body!r}")
     return body
