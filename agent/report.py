@@ -7,12 +7,14 @@ API. Readers ignore fields they do not know, so a newer agent never breaks an ol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infermesh.model import EnvironmentKind, NodeClass
+from infermesh.model import EnvironmentKind, NodeClass, NodeSpec
 
 ConditionType = Literal["Ready", "Cordoned", "Draining", "Drained", "Quarantined"]
 CONDITION_TYPES: tuple[ConditionType, ...] = (
@@ -143,3 +145,32 @@ class NodeReport(_Part):
     @classmethod
     def from_json(cls, data: bytes | str) -> NodeReport:
         return cls.model_validate_json(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether new work may land on a node, as its report and its Node object say together."""
+
+    ready: bool
+    cordoned: bool
+    draining: bool
+    quarantined: bool
+
+    @property
+    def schedulable(self) -> bool:
+        return self.ready and not (self.cordoned or self.draining or self.quarantined)
+
+
+def availability(report: Mapping[str, Any], spec: NodeSpec | None) -> Availability:
+    """Operator intent in the Node object (cordon, drain, quarantine) counts at once, before the
+    agent has acted on it and reported the condition."""
+    conditions = {c.get("type"): c.get("status") for c in report.get("conditions") or []}
+    return Availability(
+        ready=conditions.get("Ready") == "True",
+        cordoned=conditions.get("Cordoned") == "True" or bool(spec is not None and spec.cordoned),
+        draining=conditions.get("Draining") == "True"
+        or conditions.get("Drained") == "True"
+        or bool(spec is not None and spec.drain is not None),
+        quarantined=conditions.get("Quarantined") == "True"
+        or bool(spec is not None and spec.quarantine is not None),
+    )

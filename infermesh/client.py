@@ -35,11 +35,14 @@ from infermesh.answers import (
 )
 from infermesh.context import Context
 from infermesh.errors import Unavailable
+from infermesh.joblogs import JobLogs, LogLine, logs_query, read_job_logs, streamed_lines
 
 __all__ = [
     "ApplyResult",
     "AsyncMeshClient",
     "ItemList",
+    "JobLogs",
+    "LogLine",
     "MeshClient",
     "MeshObject",
     "ObjectList",
@@ -229,6 +232,12 @@ class _ClientBase:
     def _events_stream(self, filters: dict[str, Any], last_event_id: str | None) -> _Resume:
         return self._resume("/v1/events/stream", self._event_params(filters), last_event_id, None)
 
+    def _logs_stream(
+        self, name: str, project: str | None, rank: int | None, tail: int | None
+    ) -> _Resume:
+        params = logs_query(self._project(project), rank, tail) | {"follow": "true"}
+        return self._resume(f"/v1/jobs/{name}/logs", params, None, None)
+
     def _event_params(self, filters: dict[str, Any]) -> dict[str, str]:
         params = {k: str(v) for k, v in filters.items() if v is not None}
         params.setdefault("project", self.project)
@@ -356,6 +365,20 @@ class _ClientBase:
         )
 
     @_Op
+    def job_logs(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        rank: int | None = None,
+        tail: int | None = None,
+    ) -> _Call[JobLogs]:
+        """The latest log lines of job NAME, oldest first: one rank's with `rank`, the last
+        `tail` with `tail`."""
+        params = logs_query(self._project(project), rank, tail)
+        return _Call("GET", f"/v1/jobs/{name}/logs", read_job_logs, params)
+
+    @_Op
     def series(self, **query: Any) -> _Call[dict[str, Any]]:
         """SLI series of a project (`GET /v1/metrics/series`): `{"series": [{<by dimensions>,
         "total", "points"}]}`. Query: project, endpoint, revision, domain, tenant, since and
@@ -455,6 +478,19 @@ class MeshClient(_ClientBase):
         for sse in self._sse(self._events_stream(filters, last_event_id)):
             yield sse.json()
 
+    def follow_job_logs(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        rank: int | None = None,
+        tail: int | None = None,
+    ) -> Iterator[LogLine]:
+        """Job NAME's log lines (the latest `tail` first), then each as it is printed, until
+        the caller stops; survives reconnects."""
+        for sse in self._sse(self._logs_stream(name, project, rank, tail)):
+            yield from streamed_lines(sse)
+
     def close(self) -> None:
         self._http.close()
 
@@ -515,6 +551,18 @@ class AsyncMeshClient(_ClientBase):
     ) -> AsyncIterator[dict[str, Any]]:
         async for sse in self._sse(self._events_stream(filters, last_event_id)):
             yield sse.json()
+
+    async def follow_job_logs(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        rank: int | None = None,
+        tail: int | None = None,
+    ) -> AsyncIterator[LogLine]:
+        async for sse in self._sse(self._logs_stream(name, project, rank, tail)):
+            for line in streamed_lines(sse):
+                yield line
 
     async def aclose(self) -> None:
         await self._http.aclose()

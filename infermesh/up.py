@@ -3,7 +3,7 @@
 Starts etcd (embedded, unless `--etcd` names a cluster), then each service in `services()` as a
 child process, waits for each to be ready, writes the context file and supervises: Ctrl-C or
 SIGTERM stops everything in reverse order; a child that dies takes the rest down with it.
-Later services (scheduler, dashboard) are one more `Service` line each.
+Later services (the dashboard) are one more `Service` line each.
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ class Plan:
     project: str = "default"
     fleet_file: Path | None = None  # None: the built-in fleet
     router_port: int = 0
+    scheduler_port: int = 0  # the scheduler's /metrics (and readiness)
+    dask_port: int = 0  # the local Dask cluster's scheduler
+
+    @property
+    def dask_address(self) -> str:
+        return f"tcp://127.0.0.1:{self.dask_port}"
 
     @property
     def api_url(self) -> str:
@@ -151,6 +157,24 @@ def services(plan: Plan) -> list[Service]:
                 url=fleet_url,
             )
         )
+        scheduler_url = f"http://127.0.0.1:{plan.scheduler_port}"
+        out.append(
+            Service(
+                "scheduler",
+                [
+                    *python,
+                    "scheduler",
+                    "--etcd",
+                    ",".join(plan.etcd_endpoints),
+                    "--local-dask-port",
+                    str(plan.dask_port),
+                    "--metrics-port",
+                    str(plan.scheduler_port),
+                ],
+                ready_url=f"{scheduler_url}/metrics",
+                url=plan.dask_address,
+            )
+        )
     return out
 
 
@@ -186,6 +210,8 @@ def make_plan(
         embedded_etcd=None if etcd else EmbeddedEtcd(etcd_dir),
         nodes=nodes,
         fleet_port=free_port(),
+        scheduler_port=free_port(),
+        dask_port=free_port(),
         project=project,
         router_port=8090 if port_is_free(8090) else free_port(),
         fleet_file=fleet_file,
@@ -375,7 +401,7 @@ def run(
                 ctx.api_url, ctx.token = plan.api_url, plan.token
                 ctx.etcd_endpoints = plan.etcd_endpoints
                 ctx.router_url = plan.router_url
-                ctx.dask_scheduler = None  # not run by `up` yet
+                ctx.dask_scheduler = plan.dask_address if plan.nodes != 0 else None
                 ctx.project = project
                 console.print(summary(plan, sup, write_context(ctx, home=home)))
                 sup.supervise()

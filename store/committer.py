@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from infermesh.errors import Conflict, EtcdUnavailable, MeshError, NotFound
@@ -50,14 +51,63 @@ def new_event_id() -> str:
     return f"{time.time_ns():020d}-{os.urandom(3).hex()}"
 
 
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_record(
+    *,
+    kind: str,
+    project: str,
+    name: str,
+    reason: str,
+    message: str,
+    actor: str,
+    warning: bool = False,
+    time: str | None = None,
+) -> dict[str, Any]:
+    """An event as `/v1/events` serves it: who did what to which object, and why."""
+    return {
+        "id": new_event_id(),
+        "time": time or now(),
+        "type": "Warning" if warning else "Normal",
+        "reason": reason,
+        "kind": kind,
+        "name": name,
+        "project": project,
+        "actor": actor,
+        "message": message,
+    }
+
+
+class EventLease:
+    """The lease events are bound to, so they expire a day after they were written; rotated
+    hourly. Shared by every writer of events (the API's committer, controllers, the scheduler)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self._lease_id = 0
+        self._granted_at = 0.0
+
+    async def id(self) -> int:
+        now = time.monotonic()
+        if not self._lease_id or now - self._granted_at > _LEASE_ROTATE_S:
+            lease = await self._store.grant_lease(EVENT_TTL_S + _LEASE_ROTATE_S)
+            self._lease_id, self._granted_at = lease.id, now
+        return self._lease_id
+
+    def forget(self) -> None:
+        """The lease expired while etcd was away: take a new one next time."""
+        self._lease_id = 0
+
+
 class Committer:
     def __init__(self, store: EtcdStore, keys: KeyLayout) -> None:
         self._store = store
         self._keys = keys
         self._queue: asyncio.Queue[Mutation] = asyncio.Queue()
         self._head: audit.Head | None = None
-        self._lease_id = 0
-        self._lease_granted_at = 0.0
+        self._events_lease = EventLease(store)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -120,7 +170,7 @@ class Committer:
             await self._commit_batch([m])
 
     async def _try(self, batch: list[Mutation], head: audit.Head) -> tuple[bool, int, audit.Head]:
-        lease = await self._events_lease()
+        lease = await self._events_lease.id()
         compares = [Compare.mod_revision(self._keys.audit_head, "==", head.mod_revision)]
         success: list[Op] = []
         seq, prev = head.seq, head.hash
@@ -138,7 +188,7 @@ class Committer:
         try:
             result = await self._store.txn(compares, success)
         except LeaseNotFound:
-            self._lease_id = 0  # the events lease expired while etcd was away: a new one next time
+            self._events_lease.forget()
             raise
         return result.succeeded, result.revision, audit.Head(seq, prev, result.revision)
 
@@ -148,13 +198,6 @@ class Committer:
             return audit.Head.empty()
         data = json.loads(kv.value)
         return audit.Head(int(data["seq"]), str(data["hash"]), kv.mod_revision)
-
-    async def _events_lease(self) -> int:
-        now = time.monotonic()
-        if not self._lease_id or now - self._lease_granted_at > _LEASE_ROTATE_S:
-            lease = await self._store.grant_lease(EVENT_TTL_S + _LEASE_ROTATE_S)
-            self._lease_id, self._lease_granted_at = lease.id, now
-        return self._lease_id
 
     async def _conflict(self, m: Mutation) -> MeshError:
         """Say why a mutation's compare failed, from what is stored now."""

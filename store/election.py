@@ -45,6 +45,11 @@ class LeaderElection:
     def is_leader(self) -> bool:
         return self._revision > 0 and not self.lost.is_set()
 
+    def fence(self) -> Compare:
+        """A compare that holds only while we lead: guard a leader's writes with it, so a deposed
+        leader that has not noticed yet cannot overwrite its successor's work."""
+        return Compare.create_revision(self.key, "==", self._revision or -1)
+
     async def leader(self) -> str | None:
         """The identity of the current leader, if any."""
         kv = await self._store.get(self.key)

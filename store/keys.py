@@ -56,6 +56,11 @@ class KeyLayout:
         plural, project, name = key[len(self.root) + len("/status/") :].split("/", 2)
         return ObjectKey(plural, project, name)
 
+    def logs(self, plural: str, project: str, name: str) -> str:
+        """An owner's log tail of one object (a job's rank output); outside `status/` so log
+        rewrites never reach status watchers."""
+        return f"{self.root}/logs/{plural}/{project}/{name}"
+
     # events, audit, tokens, elections ----------------------------------------------------
     def events(self, project: str | None = None) -> str:
         return f"{self.root}/events/" if project is None else f"{self.root}/events/{project}/"

@@ -13,14 +13,13 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from infermesh.errors import Conflict, Invalid, NotFound
 from infermesh.model import Resource, kind_for, parse_object
 from infermesh.references import Exists, Names, missing_references, resolved_refs_condition
 from infermesh.store import audit
-from infermesh.store.committer import Committer, Mutation, new_event_id
+from infermesh.store.committer import Committer, Mutation, event_record, now
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.watch_cache import WatchCache
@@ -30,10 +29,6 @@ Obj = dict[str, Any]
 Lookup = tuple[Exists, Names]
 
 _CAS_RETRIES = 8
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def plural_of(kind: str) -> str:
@@ -219,17 +214,15 @@ class ObjectRepository:
         assert subject is not None
         meta = subject["metadata"]
         project = meta.get("project") or CLUSTER_SCOPE
-        event = {
-            "id": new_event_id(),
-            "time": now(),
-            "type": "Warning" if warnings or change.warning else "Normal",
-            "reason": change.reason,
-            "kind": subject["kind"],
-            "name": meta["name"],
-            "project": project,
-            "actor": actor,
-            "message": change.message + ("; " + "; ".join(warnings) if warnings else ""),
-        }
+        event = event_record(
+            kind=subject["kind"],
+            project=project,
+            name=meta["name"],
+            reason=change.reason,
+            message=change.message + ("; " + "; ".join(warnings) if warnings else ""),
+            actor=actor,
+            warning=bool(warnings or change.warning),
+        )
         record = {
             "time": event["time"],
             "actor": actor,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from infermesh.errors import MeshError
+from infermesh.model import Resource, parse_object
 from infermesh.store.etcd import EtcdStore, KeyValue
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,19 @@ class Change(Generic[T]):
 
 Listener = Callable[[Change[T]], None]
 Decoder = Callable[[str, bytes, int], T]
+
+
+def decode_json(_: str, value: bytes, __: int) -> dict[str, Any]:
+    """A status or report as the JSON its owner wrote."""
+    doc: dict[str, Any] = json.loads(value)
+    return doc
+
+
+def decode_resource(_: str, value: bytes, revision: int) -> Resource:
+    """A stored object as its typed model, resourceVersion set from the key's revision."""
+    data = json.loads(value)
+    data["metadata"]["resourceVersion"] = str(revision)
+    return parse_object(data)
 
 
 class WatchCache(Generic[T]):

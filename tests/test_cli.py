@@ -161,8 +161,8 @@ def test_get_prints_parseable_kind_specific_tables(
     assert wide[1][wide[0].index("POOL")] == "prod-gold"
 
     jobs = table(ok(seeded("get", "jobs")).stdout)
-    assert jobs[0][:4] == ["NAME", "GPUS", "PAUSED", "POOL"]
-    assert jobs[1][:4] == ["ft-news-xxl", "128-256", "false", "train-gold"]
+    assert jobs[0][:4] == ["NAME", "PHASE", "GPUS", "STEP"]
+    assert jobs[1][:4] == ["ft-news-xxl", "Pending", "0/256", "<none>"]
 
     every = table(ok(seeded("get", "domains", "-A")).stdout)
     assert every[0][:2] == ["NAME", "PROJECT"] and ["edge-eu", project] in [r[:2] for r in every]
@@ -246,9 +246,9 @@ def test_endpoint_and_job_verbs(seeded: Callable[..., Result]) -> None:
     ok(seeded("job", "scale", "ft-news-xxl", "--gpus", "192"))
     ok(seeded("job", "checkpoint", "ft-news-xxl"))
     rows = table(ok(seeded("get", "jobs")).stdout)
-    assert rows[1][rows[0].index("PAUSED")] == "true"
+    assert rows[1][rows[0].index("GPUS")] == "0/192"
     job = json.loads(ok(seeded("get", "job", "ft-news-xxl", "-o", "json")).stdout)["spec"]
-    assert (job["targetGpus"], job["checkpointRequests"]) == (192, 1)
+    assert (job["paused"], job["targetGpus"], job["checkpointRequests"]) == (True, 192, 1)
     ok(seeded("job", "resume", "ft-news-xxl"))
 
 

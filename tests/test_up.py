@@ -20,11 +20,12 @@ from infermesh.cli import main
 from infermesh.store.etcd_server import free_port
 
 CHEATSHEET = Path(__file__).resolve().parent.parent / "examples" / "seed-cheatsheet.yaml"
+JOB = CHEATSHEET.parent / "job.yaml"
 INVOKE = ["invoke", "chat-pro", "--stream", "--prompt", "Say hi", "-d", '{"max_tokens": 8}']
 
 
-def children_of(pid: int) -> set[int]:
-    """Every live descendant of `pid`, from /proc."""
+def children_of(pid: int, *, depth: int = 1 << 30) -> set[int]:
+    """Every live descendant of `pid` (down to `depth` generations), from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -36,9 +37,10 @@ def children_of(pid: int) -> set[int]:
             if fields[0] != "Z":
                 parents[int(entry.name)] = int(fields[1])
     found, frontier = set(), {pid}
-    while frontier:
+    while frontier and depth > 0:
         frontier = {p for p, parent in parents.items() if parent in frontier} - found
         found |= frontier
+        depth -= 1
     return found
 
 
@@ -131,8 +133,9 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         assert ctx["token"] and ctx["etcd_endpoints"] and ctx["router_url"]
         assert (home / "context.json").stat().st_mode & 0o777 == 0o600
         assert httpx.get(f"{ctx['api_url']}/readyz").status_code == 200
+        # etcd, the API, the router, the simulated fleet and the scheduler (with its Dask cluster)
+        assert len(children_of(up.proc.pid, depth=1)) == 5
         children = children_of(up.proc.pid)
-        assert len(children) == 4  # etcd, the API, the router and the simulated fleet
         assert ctx["token"] not in up.output()  # the token is never printed
 
         runner = CliRunner()
@@ -167,6 +170,16 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         ]
         again = runner.invoke(main, ["apply", "-f", str(CHEATSHEET)])
         assert [line.rsplit(" ", 1)[1] for line in again.stdout.splitlines()] == ["unchanged"] * 5
+
+        # Seed 000's Job scaled to the fleet runs to completion on the scheduler's Dask cluster.
+        submitted = runner.invoke(main, ["job", "submit", "-f", str(JOB)])
+        assert submitted.exit_code == 0, submitted.output
+        deadline = time.monotonic() + 120
+        while (jobs := table(runner.invoke(main, ["get", "jobs"]).stdout))[1][1] != "Succeeded":
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.5)
+        assert jobs[1][jobs[0].index("STEP")] == "200/200"
+        assert list((home / "checkpoints" / "ft-news-xxl").glob("step-*.npz"))
 
         assert up.stop() == 0
         assert not [pid for pid in children if alive(pid)]

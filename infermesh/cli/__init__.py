@@ -14,6 +14,7 @@ from infermesh.agent.sim.cli import sim_runtime
 from infermesh.cli import actions, invoke, objects, observe, services, stats
 from infermesh.cli.common import CliState, MeshGroup
 from infermesh.router.cli import router
+from infermesh.scheduler.cli import scheduler
 
 
 @click.group(cls=MeshGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,7 @@ for command in (
     agent,
     fleet,
     router,
+    scheduler,
     sim_runtime,
 ):
     main.add_command(command)

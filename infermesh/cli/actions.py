@@ -15,8 +15,10 @@ from infermesh.cli.common import (
     load_manifests,
     pass_state,
     print_apply,
+    warn,
     yes_option,
 )
+from infermesh.client import ApplyResult, LogLine
 from infermesh.errors import BadRequest
 
 reason_option = click.option("--reason", default="", help="Why (kept in events and audit).")
@@ -29,9 +31,13 @@ def _act(
     click.echo(f"{obj['kind'].lower()}/{name} {done}")
 
 
-def _apply_only(state: CliState, files: tuple[str, ...], kind: str, dry_run: bool) -> None:
+def _apply_only(
+    state: CliState, files: tuple[str, ...], kind: str, dry_run: bool
+) -> list[ApplyResult]:
     objects = load_manifests(files, state.context.project, only_kind=kind)
-    print_apply(state.client.apply(objects, dry_run=dry_run))
+    results = state.client.apply(objects, dry_run=dry_run)
+    print_apply(results)
+    return results
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -261,7 +267,48 @@ def job() -> None:
 @pass_state
 def submit(state: CliState, files: tuple[str, ...], dry_run: bool) -> None:
     """Create or update Jobs from YAML (apply, for Jobs only)."""
-    _apply_only(state, files, "Job", dry_run)
+    results = _apply_only(state, files, "Job", dry_run)
+    if dry_run:
+        return
+    # A hint on stderr: stdout stays the kubectl-style lines scripts read.
+    project = results[0].project
+    mesh = "mesh" if project == state.context.project else f"mesh -p {project}"
+    if len(results) == 1:
+        warn(f"Follow it: {mesh} job logs {results[0].name} -f  (all jobs: {mesh} get jobs -w)")
+    else:
+        warn(f"Follow them: {mesh} get jobs -w")
+
+
+def _echo_log_line(line: LogLine) -> None:
+    # A line of no rank is the scheduler's own (such as where a new attempt starts).
+    click.echo(f"[rank {line.rank}] {line.line}" if line.rank >= 0 else line.line)
+
+
+@job.command()
+@click.argument("name")
+@click.option("--rank", type=click.IntRange(min=0), help="Only this rank's lines.")
+@click.option(
+    "--tail", type=click.IntRange(min=0), help="Only the last N lines (default: all kept)."
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@pass_state
+def logs(state: CliState, name: str, rank: int | None, tail: int | None, follow: bool) -> None:
+    """Print what NAME's ranks print, `[rank R] line`, oldest first.
+
+    The mesh keeps the job's last few hundred lines."""
+    client = state.client
+    if not follow:
+        got = client.job_logs(name, rank=rank, tail=tail)
+        if not got.lines:
+            warn(f"No log lines from job {name} yet.")
+        for line in got.lines:
+            _echo_log_line(line)
+        return
+    try:
+        for line in client.follow_job_logs(name, rank=rank, tail=tail):
+            _echo_log_line(line)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how -f ends
 
 
 @job.command()

@@ -107,16 +107,62 @@ def _domains(obj: Obj) -> str:
     )
 
 
-def _gpus(obj: Obj) -> str:
-    lo, hi = dig(obj, "spec.elastic.min_gpus"), dig(obj, "spec.elastic.max_gpus")
-    if lo is None and hi is None:
-        return NONE
-    return f"{lo if lo is not None else '?'}-{hi if hi is not None else '?'}"
-
-
-def _parallelism(obj: Obj) -> str:
+def _job_gpus(obj: Obj) -> str:
+    """GPUs in use / wanted (the scale target, else dp*tp*pp)."""
     par = dig(obj, "spec.parallelism") or {}
-    return "/".join(f"{k}{v}" for k, v in par.items()) or NONE
+    wanted = dig(obj, "spec.targetGpus") or (par.get("dp", 1) * par.get("tp", 1) * par.get("pp", 1))
+    return f"{dig(obj, 'status.gpus') or 0}/{wanted}"
+
+
+def _step(obj: Obj) -> str:
+    step, total = dig(obj, "status.step"), dig(obj, "status.totalSteps")
+    if step is None:
+        return NONE
+    return f"{step}/{total}" if total is not None else str(step)
+
+
+def _step_p95(obj: Obj) -> str:
+    ms = dig(obj, "status.stepTimeP95Ms")
+    return NONE if ms is None else f"{float(ms):.0f}ms"
+
+
+def _last_checkpoint(obj: Obj) -> str:
+    """`1500(3m)`: the step of the last checkpoint and how long ago it was written."""
+    ckpt = dig(obj, "status.lastCheckpoint")
+    if not ckpt:
+        return NONE
+    return f"{ckpt.get('step')}({age(ckpt.get('time'))})"
+
+
+def _quantity(x: float) -> str:
+    """Two decimals at most, trailing zeros dropped: 0.05, 1.2, 100."""
+    return f"{x:.2f}".rstrip("0").rstrip(".") if x < 100 else f"{x:.0f}"
+
+
+def _gpu_hours(obj: Obj) -> str:
+    """GPU-hours used, over the pool's quota when it has one: `1.2/100`."""
+    used = _quantity(float(dig(obj, "status.gpuHours") or 0))
+    quota = dig(obj, "status.quotaGpuHours")
+    return used if quota is None else f"{used}/{_quantity(float(quota))}"
+
+
+def _job_nodes(obj: Obj) -> str:
+    """`gpu-1:8,gpu-2:8`: the GPUs the job holds per node (other projects' nodes in full)."""
+    nodes = dig(obj, "status.nodes") or {}
+    mine = f"{dig(obj, 'metadata.project')}/"
+    return ",".join(f"{node.removeprefix(mine)}:{n}" for node, n in nodes.items()) or NONE
+
+
+def _topology(obj: Obj) -> str:
+    topo = dig(obj, "status.topology")
+    if not topo:
+        return NONE
+    return str(topo.get("algorithm")) + ("+compression" if topo.get("compression") else "")
+
+
+def _cost(obj: Obj) -> str:
+    usd = dig(obj, "status.costUSD")
+    return NONE if usd is None else f"${float(usd):.2f}"
 
 
 def node_status(obj: Obj) -> str:
@@ -136,7 +182,8 @@ def node_status(obj: Obj) -> str:
 
 
 def _gpu_readings(obj: Obj) -> list[Obj]:
-    return [g for g in dig(obj, "status.gpus") or [] if isinstance(g, dict)]
+    gpus = dig(obj, "status.gpus")  # a node's readings (a job's is how many it holds)
+    return [g for g in gpus if isinstance(g, dict)] if isinstance(gpus, list) else []
 
 
 def _gpu_count(obj: Obj) -> str:
@@ -288,14 +335,19 @@ COLUMNS: dict[str, list[Column]] = {
         field("GEN", "metadata.generation", wide=True),
     ],
     "Job": [
-        Column("GPUS", _gpus),
-        field("PAUSED", "spec.paused"),
-        field("POOL", "spec.capacityPoolRef"),
-        Column("PARALLELISM", _parallelism, wide=True),
-        field("TARGET-GPUS", "spec.targetGpus", wide=True),
-        field("STRATEGY", "spec.strategy.ref", wide=True),
-        field("DOMAINS", "spec.constraints.domains", wide=True),
-        Column("REFS", _refs, wide=True),
+        field("PHASE", "status.phase"),
+        Column("GPUS", _job_gpus),
+        Column("STEP", _step),
+        Column("STEP-P95", _step_p95),
+        Column("LAST-CKPT", _last_checkpoint),
+        Column("GPU-HOURS", _gpu_hours),
+        Column("RESTARTS", lambda o: dig(o, "status.restarts") or 0),
+        Column("NODES", _job_nodes, wide=True),
+        Column("TOPOLOGY", _topology, wide=True),
+        Column(
+            "POOL", lambda o: dig(o, "status.pool") or dig(o, "spec.capacityPoolRef"), wide=True
+        ),
+        Column("COST", _cost, wide=True),
     ],
     "Policy": [
         Column("APPLIES-TO", _targets),
@@ -426,7 +478,7 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
     if gpus:  # one gpustat-like line per GPU reads faster than their YAML
         click.echo("GPUs:")
         click.echo(_indent("\n".join(gpu_line(g) for g in gpus)))
-    hidden = {"conditions", "gpus"}
+    hidden = {"conditions", "gpus"} if gpus else {"conditions"}
     status = {k: v for k, v in (obj.get("status") or {}).items() if k not in hidden}
     if status:
         click.echo("Status:")

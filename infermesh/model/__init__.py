@@ -65,6 +65,7 @@ from infermesh.model.workloads import (
     Pin,
     QuarantinedNode,
     TrafficSplitEntry,
+    Workload,
 )
 
 __all__ = [
@@ -111,6 +112,7 @@ __all__ = [
     "StrategySpec",
     "StrictModel",
     "TrafficSplitEntry",
+    "Workload",
     "builtin_named",
     "check_object",
     "format_loc",

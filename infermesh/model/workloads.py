@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from infermesh.model.common import (
     DrainRequest,
@@ -16,7 +16,7 @@ from infermesh.model.common import (
     Slo,
     StrategyRef,
 )
-from infermesh.model.meta import Loc, Name, Resource, StrictModel, raise_problems
+from infermesh.model.meta import Loc, Name, Resource, Status, StrictModel, raise_problems
 
 Runtime = Literal["vllm", "tgi", "sglang", "triton", "tensorrt-llm", "llama.cpp"]
 ArtifactType = Literal["oci", "hf", "s3", "gcs", "http", "tensorrt", "local"]
@@ -238,6 +238,18 @@ class TrainingSlo(StrictModel):
     throughput_tps: Positive | None = None
 
 
+class Workload(StrictModel):
+    """What each rank runs. `synthetic` is the built-in numeric workload; otherwise
+    `module:function` (called in the rank's process) or a command line (torchrun-style scripts
+    read RANK, WORLD_SIZE, ... from the environment and run unchanged)."""
+
+    entrypoint: str = Field("synthetic", min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    steps: int | None = Field(None, ge=1)  # total training steps; None: the workload decides
+    stepTimeMs: PositiveMs | None = None  # synthetic only: compute time of one step
+
+
 class JobSpec(StrictModel):
     type: Literal["pretraining", "finetuning", "lora", "eval"] | None = None
     parallelism: Parallelism = Field(default_factory=Parallelism)
@@ -250,6 +262,9 @@ class JobSpec(StrictModel):
     slo: TrainingSlo | None = None
     priorityClass: Name | None = None
     priority: int = 0
+    workload: Workload = Field(default_factory=Workload)
+    restartBudget: int = Field(3, ge=0)  # failures of the job's own making before it is Failed
+    placement: Literal["binpack", "spread"] = "binpack"
     # Desired state set by actions (`:pause`, `:resume`, `:scale`, `:checkpoint`).
     paused: bool = False
     targetGpus: int | None = Field(None, ge=1)
@@ -299,6 +314,12 @@ class JobSpec(StrictModel):
                 yield ("targetGpus",), f"{target} is not a multiple of tp*pp = {replica}"
 
 
+class JobStatus(Status):
+    # Written by the scheduler (phase, attempt, step, checkpoints, GPU-hours, ...); kept whole so
+    # that a Job read back from the API can be applied again.
+    model_config = ConfigDict(extra="allow")
+
+
 class Job(Resource):
     """A distributed training job: parallelism, elasticity, data, checkpoints, constraints."""
 
@@ -306,3 +327,4 @@ class Job(Resource):
     aliases = ("job",)
     kind: Literal["Job"] = "Job"
     spec: JobSpec
+    status: JobStatus = Field(default_factory=JobStatus)

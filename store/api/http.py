@@ -44,6 +44,11 @@ def error_response(exc: MeshError) -> Response:
     return json_response(exc.to_json(), exc.status)
 
 
+def query_flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter (`?dryRun=true`); absent is no."""
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
 async def read_json(request: Request) -> Any:
     """The request body as JSON; a clear 400 when it is not."""
     raw = await request.body()

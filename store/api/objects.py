@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from infermesh.errors import BadRequest, Invalid, MeshError, NotFound
 from infermesh.model import BUILTIN_STRATEGIES, Resource, Strategy, kind_for, parse_object
 from infermesh.references import missing_references
-from infermesh.store.api.http import encoded_response, json_response, read_json
+from infermesh.store.api.http import encoded_response, json_response, query_flag, read_json
 from infermesh.store.api.state import ApiState, mesh
 from infermesh.store.auth import Principal, Verb
 from infermesh.store.repository import Obj, Stored, WriteResult
@@ -114,8 +114,8 @@ async def apply(request: Request) -> Response:
     state = mesh(request)
     principal = state.authenticate(request)
     project = project_param(request)
-    strict = request.query_params.get("strict", "").lower() in ("1", "true", "yes")
-    dry_run = request.query_params.get("dryRun", "").lower() in ("1", "true", "yes")
+    strict = query_flag(request, "strict")
+    dry_run = query_flag(request, "dryRun")
     body = await read_json(request)
     items = body.get("items") if isinstance(body, dict) else body
     if not isinstance(items, list) or not items:
@@ -344,4 +344,5 @@ async def delete_object(plural: str, name: str, request: Request) -> Response:
     result = await state.repo.delete(
         cls.__name__, project, name, principal.subject, request.query_params.get("resourceVersion")
     )
+    await state.drop_owner_keys(cls.plural, project, name)
     return json_response(result.object)

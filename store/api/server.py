@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 
 import infermesh
 from infermesh.errors import MeshError
-from infermesh.store.api import actions, admin, nodes, objects, series, streams
+from infermesh.store.api import actions, admin, jobs, nodes, objects, series, streams
 from infermesh.store.api.http import (
     BodyLimit,
     RequestMetrics,
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Fixed paths before the generic /v1/{plural} routes, which would otherwise swallow them.
     app.include_router(admin.router)
     app.include_router(nodes.router)
+    app.include_router(jobs.router)
     app.include_router(streams.router)
     app.include_router(series.router)
     app.include_router(actions.router)

@@ -15,10 +15,10 @@ from typing import Any
 
 from fastapi import Request
 
-from infermesh.errors import Conflict, Forbidden, Unauthorized
+from infermesh.errors import Conflict, Forbidden, MeshError, Unauthorized
 from infermesh.store import auth
-from infermesh.store.committer import Committer, Mutation, new_event_id
-from infermesh.store.etcd import EtcdStore
+from infermesh.store.committer import Committer, Mutation, event_record
+from infermesh.store.etcd import EtcdStore, Op
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
 from infermesh.store.repository import ObjectRepository, Stored, decode, now
@@ -26,6 +26,13 @@ from infermesh.store.series import DEFAULT_RETENTION_S, SeriesStore, default_pat
 from infermesh.store.watch_cache import WatchCache
 
 log = logging.getLogger(__name__)
+
+# Kinds whose owner writes their status straight into etcd (DESIGN.md §2): the API mirrors each
+# `status/{plural}` prefix and serves it merged into the objects (store/api/owner_status.py).
+OWNER_STATUS = ("nodes", "jobs")
+# Owners' keys that go when the object is deleted, so a re-created one starts clean. A node's
+# report stays: it is bound to its agent's lease and describes a live machine, not the object.
+DELETED_WITH_OBJECT: frozenset[str] = frozenset({"jobs"})  # status and logs
 
 
 @dataclass
@@ -55,7 +62,7 @@ class ApiState:
     store: EtcdStore = field(init=False)
     objects: WatchCache[Stored] = field(init=False)
     tokens: WatchCache[auth.Principal] = field(init=False)
-    reports: WatchCache[dict[str, Any]] = field(init=False)  # agents' node reports
+    reports: dict[str, WatchCache[dict[str, Any]]] = field(init=False)  # OWNER_STATUS, by plural
     committer: Committer = field(init=False)
     repo: ObjectRepository = field(init=False)
     controller: ReferenceController = field(init=False)
@@ -67,7 +74,10 @@ class ApiState:
         self.store = EtcdStore(self.settings.etcd_endpoints)
         self.objects = WatchCache(self.store, self.keys.objects(), decode)
         self.tokens = WatchCache(self.store, self.keys.tokens(), _decode_principal)
-        self.reports = WatchCache(self.store, self.keys.statuses("nodes"), _decode_report)
+        self.reports = {
+            plural: WatchCache(self.store, self.keys.statuses(plural), _decode_report)
+            for plural in OWNER_STATUS
+        }
         self.committer = Committer(self.store, self.keys)
         self.repo = ObjectRepository(self.store, self.keys, self.committer, self.objects)
         self.controller = ReferenceController(
@@ -82,8 +92,9 @@ class ApiState:
         await self.committer.start()
         await self.objects.start()
         await self.tokens.start()
-        await self.reports.start()
-        caches = (self.objects, self.tokens, self.reports)
+        for reports in self.reports.values():
+            await reports.start()
+        caches = (self.objects, self.tokens, *self.reports.values())
         await asyncio.wait_for(asyncio.gather(*(c.synced.wait() for c in caches)), timeout=30)
         if self.settings.bootstrap_token:
             await self.ensure_token(
@@ -95,7 +106,8 @@ class ApiState:
 
     async def stop(self) -> None:
         await self.controller.stop()
-        await self.reports.stop()
+        for reports in self.reports.values():
+            await reports.stop()
         await self.tokens.stop()
         await self.objects.stop()
         await self.committer.stop()
@@ -114,6 +126,16 @@ class ApiState:
                 await asyncio.to_thread(self.series.prune)
             except sqlite3.Error:
                 log.exception("series retention pass failed; retrying in %.0fs", every)
+
+    async def drop_owner_keys(self, plural: str, project: str, name: str) -> None:
+        """Delete what owners wrote for a deleted object (DELETED_WITH_OBJECT)."""
+        if plural not in DELETED_WITH_OBJECT:
+            return
+        keys = [self.keys.status(plural, project, name), self.keys.logs(plural, project, name)]
+        try:
+            await self.store.txn([], [Op.delete(k) for k in keys])
+        except MeshError as exc:  # the delete itself was accepted; the owner drops them too
+            log.warning("%s %s/%s deleted, its owner's keys not: %s", plural, project, name, exc)
 
     # tenancy and auth ----------------------------------------------------------------------
     def tenant_of(self, project: str) -> str:
@@ -163,17 +185,15 @@ class ApiState:
             "name": principal.subject,
             "diff": [{"path": "principal", "before": None, "after": principal.to_json()}],
         }
-        event = {
-            "id": new_event_id(),
-            "time": stamp,
-            "type": "Normal",
-            "reason": "TokenCreated",
-            "kind": "Token",
-            "name": principal.subject,
-            "project": CLUSTER_SCOPE,
-            "actor": actor,
-            "message": f"token for {principal.subject} ({', '.join(principal.roles)}) created",
-        }
+        event = event_record(
+            kind="Token",
+            project=CLUSTER_SCOPE,
+            name=principal.subject,
+            reason="TokenCreated",
+            message=f"token for {principal.subject} ({', '.join(principal.roles)}) created",
+            actor=actor,
+            time=stamp,
+        )
         value = json.dumps({**principal.to_json(), "created": stamp, "createdBy": actor}).encode()
         try:
             revision = await self.committer.commit(
