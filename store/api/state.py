@@ -23,7 +23,7 @@ from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
 from infermesh.store.repository import ObjectRepository, Stored, decode, now
 from infermesh.store.series import DEFAULT_RETENTION_S, SeriesStore, default_path
-from infermesh.store.watch_cache import WatchCache
+from infermesh.store.watch_cache import WatchCache, decode_json
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
     return auth.Principal.from_json(json.loads(value))
 
 
-def _decode_report(_: str, value: bytes, __: int) -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(value)
-    return report
-
-
 @dataclass
 class ApiState:
     settings: Settings
@@ -75,7 +70,7 @@ class ApiState:
         self.objects = WatchCache(self.store, self.keys.objects(), decode)
         self.tokens = WatchCache(self.store, self.keys.tokens(), _decode_principal)
         self.reports = {
-            plural: WatchCache(self.store, self.keys.statuses(plural), _decode_report)
+            plural: WatchCache(self.store, self.keys.statuses(plural), decode_json)
             for plural in OWNER_STATUS
         }
         self.committer = Committer(self.store, self.keys)
