@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -153,6 +156,25 @@ async def test_an_elastic_job_grows_when_capacity_frees(mesh: SchedulerMesh) -> 
     assert "Resizing" in await mesh.reasons(elastic)
 
 
+async def test_a_slowing_wan_link_switches_the_topology_without_a_restart(
+    mesh: SchedulerMesh,
+) -> None:
+    name = await mesh.submit(
+        mesh.job(parallelism={"dp": 4}, constraints={"residency": "EU"}, workload={"steps": 3000})
+    )
+    status = await mesh.wait(name, lambda s: (s.get("step") or 0) > 10, what="past step 10")
+    assert status["topology"]["algorithm"] == "ring"  # two nodes in one zone
+    (mesh.tmp / name).mkdir(exist_ok=True)
+    (mesh.tmp / name / ".wan-factor").write_text("40")  # the link between them slows 40x
+    status = await mesh.wait(
+        name,
+        lambda s: (s.get("topology") or {}).get("algorithm") == "hierarchical",
+        what="switched to hierarchical",
+    )
+    assert status["topology"]["compression"] is True and status["attempt"] == 1
+    assert "TopologyAdjust" in await mesh.reasons(name)
+
+
 # actions ----------------------------------------------------------------------------------
 async def test_pause_resume_scale_and_checkpoint(mesh: SchedulerMesh) -> None:
     name = await mesh.submit(
@@ -188,3 +210,38 @@ async def test_a_standby_takes_over_without_launching_anything_twice(mesh: Sched
     assert live == {f"{mesh.project}/{name}": 1}
     mesh.service = standby
     assert "Adopted" in await mesh.reasons(name)
+
+
+async def test_a_crashed_leader_is_replaced_and_its_gangs_adopted(
+    mesh: SchedulerMesh, tmp_path: Path
+) -> None:
+    # The in-process leader hands over to a scheduler process, which then dies by SIGKILL.
+    argv = [sys.executable, "-m", "infermesh", "scheduler", "--identity", "doomed"]
+    argv += ["--etcd", mesh.api.etcd.endpoint, "--etcd-prefix", mesh.api.prefix]
+    argv += ["--dask", mesh.cluster.address]
+    with (tmp_path / "scheduler.log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _, task, stop = mesh.services[-1]
+        stop.set()
+        await task
+        async with asyncio.timeout(30):
+            while await mesh.service.election.leader() != "doomed":
+                await asyncio.sleep(0.2)
+        name = await mesh.submit(mesh.job(parallelism={"dp": 2}, workload={"steps": 3000}))
+        await mesh.wait(name, lambda s: (s.get("step") or 0) > 5, what="running")
+        standby = await mesh.standby("scheduler-c")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        async with asyncio.timeout(30):  # the dead leader's key expires with its lease
+            await standby.leading.wait()
+        mesh.service = standby
+        step = (await mesh.status(name))["step"]
+        status = await mesh.wait(name, lambda s: s["step"] > step + 5, what="progressing")
+        assert status["attempt"] == 1 and status["phase"] == "Running"
+        assert await standby.controller.executor.live_attempts() == {f"{mesh.project}/{name}": 1}
+        assert "Adopted" in await mesh.reasons(name)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
