@@ -78,6 +78,7 @@ class Controller:
         self._steps: dict[JobKey, deque[StepReport]] = {}
         self._checkpoint_asked_at: dict[JobKey, int] = {}  # step when `:checkpoint` was acted on
         self.metrics = JobMetrics()
+        self._replaced: set[JobKey] = set()  # old incarnations being stopped
         self.free = FreeMap()  # kept between passes, so a pass costs only what changed
 
     # -- taking over ----------------------------------------------------------------------------
@@ -130,8 +131,21 @@ class Controller:
 
     async def _sync_jobs(self, jobs: dict[str, Job], now: float) -> None:
         for key, job in jobs.items():
+            old = self.states.get(key)
+            if old is not None and old.uid not in (None, job.metadata.uid):
+                # Deleted and created again under the same name: the old incarnation goes first.
+                if old.placement is None:
+                    del self.states[key]
+                elif old.stopping is None:
+                    self._replaced.add(key)
+                    self._begin_stop(old, "fail", KILL_GRACE_S, "the Job was replaced")
             if key not in self.states:
-                state = JobState(key=key, queued_since=now, total_steps=job.spec.workload.steps)
+                state = JobState(
+                    key=key,
+                    uid=job.metadata.uid,
+                    queued_since=now,
+                    total_steps=job.spec.workload.steps,
+                )
                 self.states[key] = state
                 self._changed.add(key)
                 await self.records.event(key, "Queued", _shape(job))
@@ -249,7 +263,10 @@ class Controller:
         cause = state.stopping.cause
         state.released(now)
         self._changed.add(s.job)
-        if s.job not in jobs:
+        if s.job in self._replaced:
+            self._replaced.discard(s.job)
+            del self.states[s.job]  # the new incarnation is picked up next turn
+        elif s.job not in jobs:
             del self.states[s.job]
             await self.records.forget(s.job)
         elif cause == "preempt":
@@ -468,7 +485,9 @@ class Controller:
         for p in self.service.pools():
             if inventory.pool_key(p.metadata.project, p.metadata.name) == pool:
                 quota = p.spec.quotaGpuHours
-        return state.to_status(pool=pool, quota_gpu_hours=quota)
+        status = state.to_status(pool=pool, quota_gpu_hours=quota)
+        status["uid"] = job.metadata.uid  # the API shows it only with this very Job
+        return status
 
     async def _write(self, jobs: dict[str, Job], now: float) -> None:
         interval = self.service.settings.status_interval_s

@@ -63,6 +63,7 @@ class Stopping:
 @dataclass
 class JobState:
     key: JobKey
+    uid: str | None = None  # of the Job object this state is for
     phase: Phase = "Pending"
     reason: str | None = "Queued"
     message: str | None = None
@@ -191,7 +192,7 @@ class JobState:
     @classmethod
     def from_status(cls, key: JobKey, status: dict[str, Any]) -> JobState:
         """Read back what a previous leader wrote, so a standby carries on where it stopped."""
-        state = cls(key=key)
+        state = cls(key=key, uid=status.get("uid"))
         state.phase = status.get("phase") or "Pending"
         state.reason, state.message = status.get("reason"), status.get("message")
         state.attempt = int(status.get("attempt") or 0)

@@ -49,6 +49,8 @@ def merged(
             return None
         obj = owned.from_report(report, project, name)
     own = (obj.get("status") or {}).get("conditions") or []
+    if report is not None and report.get("uid") not in (None, obj["metadata"].get("uid")):
+        report = None  # written for an earlier object of the same name, now deleted
     base = owned.unreported if report is None else report
     status = {**base, "conditions": [*(base.get("conditions") or []), *own]}
     return {**obj, "status": status}
