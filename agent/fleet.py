@@ -55,6 +55,7 @@ class FleetGroup(StrictModel):
     model: Name
     profile: Literal["H100", "A100", "L4", "CPU"] = "H100"
     maxNumSeqs: int = Field(64, ge=1)
+    pricePerGpuHour: float | None = Field(None, ge=0)  # USD; what training and routing charge
 
 
 class FleetSpec(StrictModel):
@@ -184,7 +185,12 @@ class SimulatedFleet:
             project=self._project,
             etcd_prefix=self._prefix,
             node_class=group.nodeClass,
-            facts=FactOverrides(domain=group.domain, region=group.region, zone=group.zone),
+            facts=FactOverrides(
+                domain=group.domain,
+                region=group.region,
+                zone=group.zone,
+                price_per_gpu_hour=group.pricePerGpuHour,
+            ),
             runtime_url=sim.url,
             gpu_source="simulated",
             lease_ttl_s=self._lease.ttl,

@@ -32,8 +32,8 @@ kind: Fleet
 metadata: { name: scheduler-test }
 spec:
   groups:
-    - { name: eu, count: 2, nodeClass: train-h100, domain: eu-t, region: eu-west, zone: eu-west-1a, model: m@1, profile: H100 }
-    - { name: us, count: 1, nodeClass: train-a100, domain: us-t, region: us-east, zone: us-east-1a, model: m@1, profile: A100 }
+    - { name: eu, count: 2, nodeClass: train-h100, domain: eu-t, region: eu-west, zone: eu-west-1a, model: m@1, profile: H100, pricePerGpuHour: 2.9 }
+    - { name: us, count: 1, nodeClass: train-a100, domain: us-t, region: us-east, zone: us-east-1a, model: m@1, profile: A100, pricePerGpuHour: 1.2 }
 ---
 apiVersion: v1
 kind: Domain

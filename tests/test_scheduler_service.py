@@ -58,6 +58,7 @@ async def test_a_job_runs_to_completion_with_checkpoints_events_and_logs(
     assert status["step"] == 40 and status["totalSteps"] == 40
     assert status["lastCheckpoint"]["step"] == 40 and ckpt_step(mesh, name) == 40
     assert status["gpuHours"] > 0 and status["attempt"] == 1
+    assert status["costUSD"] > 0  # at the nodes' price per GPU-hour
     reasons = await mesh.reasons(name)
     assert {"Queued", "Placed", "Running", "Succeeded"} <= set(reasons)
     logs = await mesh.client.job_logs(name, project=mesh.project)
