@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 from typing import TYPE_CHECKING, get_args
 
@@ -23,7 +22,7 @@ from infermesh.context import context_path, load_context, read_context_file
 from infermesh.model import EnvironmentKind, LinkClass
 
 if TYPE_CHECKING:
-    from infermesh.cli.common import CliState
+    from infermesh.cli.common import CliState, stop_on_signals
 
 DEFAULT_ETCD = "127.0.0.1:2379"
 DEFAULT_PORT = 9410  # beside node_exporter (9100) and dcgm-exporter (9400)
@@ -169,8 +168,5 @@ def agent(
 
 
 async def _run_until_signalled(config: AgentConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await run_agent(config, stop)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from pathlib import Path
 
 import click
@@ -16,7 +15,7 @@ import click
 from infermesh.agent.cli import endpoints
 from infermesh.agent.conditions import Deadband
 from infermesh.agent.fleet import SimulatedFleet, load_fleet, serve_fleet
-from infermesh.cli.common import CliState, pass_state
+from infermesh.cli.common import CliState, pass_state, stop_on_signals
 from infermesh.client import AsyncMeshClient
 from infermesh.store.etcd import EtcdStore
 
@@ -86,10 +85,7 @@ def fleet(
     spec = load_fleet(fleet_file)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         async with EtcdStore(list(endpoints(etcd))) as store:
             client = AsyncMeshClient(ctx.api_url, ctx.token, project=ctx.project)
             try:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import click
 
 from infermesh.agent.cli import endpoints
 from infermesh.agent.sim.wan import Location
-from infermesh.cli.common import CliState, pass_state
+from infermesh.cli.common import CliState, pass_state, stop_on_signals
 from infermesh.router.server import serve_router
 from infermesh.router.service import RouterSettings
 from infermesh.store.etcd import EtcdStore
@@ -69,10 +68,7 @@ def router(
     )
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         async with EtcdStore(list(endpoints(etcd))) as store:
             await serve_router(
                 store,

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 
 import click
 
 from infermesh.agent.cli import endpoints
-from infermesh.cli.common import CliState, pass_state
+from infermesh.cli.common import CliState, pass_state, stop_on_signals
 from infermesh.context import infermesh_home
 
 
@@ -68,10 +67,7 @@ def scheduler(
         from infermesh.store.etcd import EtcdStore
         from infermesh.store.keys import KeyLayout
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         async with EtcdStore(list(endpoints(etcd))) as store:
             local: LocalFleetCluster | None = None
 

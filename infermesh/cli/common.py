@@ -3,6 +3,8 @@ confirmation of destructive actions, and option helpers."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,3 +182,12 @@ def print_apply(results: list[ApplyResult]) -> None:
         for w in r.warnings:
             warn(f"Warning: {ref}: {w}")
         click.echo(f"{ref} {r.action}")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: how a service command runs until it is told to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
