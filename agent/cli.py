@@ -22,7 +22,7 @@ from infermesh.context import context_path, load_context, read_context_file
 from infermesh.model import EnvironmentKind, LinkClass
 
 if TYPE_CHECKING:
-    from infermesh.cli.common import CliState, stop_on_signals
+    from infermesh.cli.common import CliState
 
 DEFAULT_ETCD = "127.0.0.1:2379"
 DEFAULT_PORT = 9410  # beside node_exporter (9100) and dcgm-exporter (9400)
@@ -168,5 +168,7 @@ def agent(
 
 
 async def _run_until_signalled(config: AgentConfig) -> None:
+    from infermesh.cli.common import stop_on_signals  # the CLI package imports this module
+
     stop = stop_on_signals()
     await run_agent(config, stop)
