@@ -10,9 +10,11 @@ fleet (three domains in two regions, H100/A100/L4 nodes, random queues, KV-cache
 TTFT, temperature, a few hot, throttled or cold nodes and 1 % ejected by the breaker) is built
 once as a `CandidateSet`; then `--calls` decisions are timed one by one with perf_counter_ns
 after 1,000 untimed ones. Between two calls, outside the timed part, the router's live state
-moves as a busy router's does (one replica's in-flight count goes up or down, a TTFT p95 is
+moves as a busy router's does (one replica's in-flight count goes up or down, a quarter of it
+still waiting for a first byte; its TTFT p95, TTFT without queueing and decode time are
 learnt) and every request has its own origin among four, prefix key and max_tokens. Garbage
-collection stays on, as in the router. hybrid_mesh is also timed with `explain` on (fewer calls).
+collection stays on, as in the router. hybrid_mesh is also timed with `explain` on (fewer
+calls).
 
 Also reported, per size: building the CandidateSet from Replica objects and the first decision
 on a fresh set (which prepares hybrid_mesh's per-set columns); both happen once per view change.
@@ -134,15 +136,22 @@ def time_decisions(
     contexts = requests(WARMUP_CALLS + calls, rng)
     if explain:
         contexts = [dataclasses.replace(c, explain=True) for c in contexts]
-    moves = [(rng.randrange(n), rng.choice((-1, 1)), rng.uniform(20, 300)) for _ in contexts]
-    inflight, p95, decide = live.inflight, live.ttft_p95_ms, strategy.decide
+    moves = [
+        (rng.randrange(n), rng.choice((-1, 1)), rng.uniform(20, 300), rng.uniform(200, 4000))
+        for _ in contexts
+    ]
+    inflight, starting, decide = live.inflight, live.starting, strategy.decide
+    p95, base, decode = live.ttft_p95_ms, live.base_ttft_ms, live.decode_ms
     samples = []
     gc.collect()
     busy0, own0, wall0 = machine_busy_s(), time.process_time(), time.perf_counter()
     for i, ctx in enumerate(contexts):
-        slot, step, ttft = moves[i]
+        slot, step, ttft, decode_ms = moves[i]
         inflight[slot] = max(0, inflight[slot] + step)
+        starting[slot] = inflight[slot] // 4
         p95[slot] = ttft
+        base[slot] = ttft / 3
+        decode[slot] = decode_ms
         t0 = time.perf_counter_ns()
         decide(ctx, candidates, live)
         t1 = time.perf_counter_ns()

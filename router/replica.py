@@ -33,6 +33,9 @@ class Replica:
     runtime_healthy: bool = True
     running: int = 0
     waiting: int = 0
+    # The most requests the runtime has been seen running at once (the view keeps the peak of
+    # its reports): its batch size, once a report has caught it full.
+    peak_running: int = 0
     kv_cache_usage: float | None = None  # 0..1
     generation_tokens_per_s: float | None = None
     ttft_p50_ms: float | None = None

@@ -28,6 +28,7 @@ from infermesh.router.idempotency import IdempotencyStore
 from infermesh.router.invocation import Invocation
 from infermesh.router.proxy import Attempt, HedgeSettings, RaceResult, open_attempt, race
 from infermesh.router.replica import Replica
+from infermesh.router.replica_speed import ReplicaSpeed
 from infermesh.router.shadow import compare
 from infermesh.router.signals import Signals
 from infermesh.router.split import Splits
@@ -78,6 +79,7 @@ class RouterService:
         self.breakers = Breakers(self.live.ejected)
         self.hedge_budget = HedgeBudget()
         self.ttft = TtftTracker(self.live.ttft_p95_ms)
+        self.speed = ReplicaSpeed(self.live)
         self.idempotency = IdempotencyStore()
         self.splits = Splits()
         self.signals = Signals(settings.name)
@@ -115,6 +117,7 @@ class RouterService:
         now = time.monotonic()
         self.breakers.tick(now)  # ejections that are over become half-open
         self.ttft.expire(now)  # TTFTs of replicas that went quiet are no longer news
+        self.speed.expire(now)
         revision = self.splits.pick_revision(endpoint)
         route = self.view.route(project, endpoint, revision)
         if not len(route.candidates):
@@ -294,15 +297,21 @@ class RouterService:
                     headers[name] = value
         key = f"{inv.project}/{plan.ctx.endpoint}"
         self.hedge_budget.record_request(key, time.monotonic())
-        inflight = self.live.inflight
+        inflight, starting, speed = self.live.inflight, self.live.starting, self.speed
 
         def finished(attempt: Attempt) -> None:
             inflight[attempt.replica.slot] -= 1
+            if attempt.status < 400 and attempt.response.content.at_eof():  # a whole answer
+                now = time.monotonic()
+                speed.finished(attempt.replica.slot, (now - attempt.first_at) * 1e3, now)
 
         async def attempt(replica: Replica, hedge: bool) -> Attempt:
-            inflight[replica.slot] += 1
+            slot = replica.slot
+            queued = bool(starting[slot]) or replica.waiting > 0  # behind others' first bytes
+            inflight[slot] += 1
+            starting[slot] += 1
             try:
-                return await open_attempt(
+                opened = await open_attempt(
                     session,
                     replica,
                     inv.upstream_path,
@@ -312,8 +321,13 @@ class RouterService:
                     on_finish=finished,
                 )
             except BaseException:
-                inflight[replica.slot] -= 1
+                inflight[slot] -= 1
                 raise
+            finally:
+                starting[slot] -= 1
+            if opened.status < 400:
+                speed.first_byte(slot, opened.ttft_ms, queued, opened.first_at)
+            return opened
 
         def start(replica: Replica, hedge: bool) -> asyncio.Task[Attempt]:
             return asyncio.create_task(attempt(replica, hedge))

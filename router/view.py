@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infermesh.model import Domain, Endpoint, Resource, Strategy, parse_object
+from infermesh.agent.report import availability
+from infermesh.model import Domain, Endpoint, Strategy
 from infermesh.router.candidates import CandidateRules, Eligibility, eligible
 from infermesh.router.policy import RoutingPolicy, resolve_policy
 from infermesh.router.replica import Replica
@@ -27,7 +28,7 @@ from infermesh.router.strategies.base import CandidateSet
 from infermesh.store import auth
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
-from infermesh.store.watch_cache import Change, WatchCache
+from infermesh.store.watch_cache import Change, WatchCache, decode_json, decode_resource
 
 MAX_REPLICAS = 1 << 16  # slots in the live per-replica arrays; one per node ever seen
 # NVML throttle reasons that slow a GPU down (GpuIdle or application clocks are benign).
@@ -36,17 +37,6 @@ SLOWDOWNS = frozenset(
 )
 REPORT_REFRESH_S = 0.1  # how stale agents' telemetry may be in a decision
 _KINDS = ("endpoints", "models", "domains", "policies", "strategies", "projects", "nodes")
-
-
-def _decode_object(_: str, value: bytes, revision: int) -> Resource:
-    data = json.loads(value)
-    data["metadata"]["resourceVersion"] = str(revision)
-    return parse_object(data)
-
-
-def _decode_report(_: str, value: bytes, __: int) -> dict[str, Any]:
-    report: dict[str, Any] = json.loads(value)
-    return report
 
 
 def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
@@ -67,9 +57,9 @@ class RouterView:
     def __init__(self, store: EtcdStore, keys: KeyLayout) -> None:
         self.keys = keys
         self._caches: dict[str, WatchCache[Any]] = {
-            plural: WatchCache(store, keys.objects(plural), _decode_object) for plural in _KINDS
+            plural: WatchCache(store, keys.objects(plural), decode_resource) for plural in _KINDS
         }
-        self._caches["reports"] = WatchCache(store, keys.statuses("nodes"), _decode_report)
+        self._caches["reports"] = WatchCache(store, keys.statuses("nodes"), decode_json)
         self.tokens: WatchCache[auth.Principal] = WatchCache(
             store, keys.tokens(), _decode_principal
         )
@@ -81,6 +71,7 @@ class RouterView:
         self._routes: dict[tuple[str, str, str], Route] = {}
         self._strategies: dict[str, dict[str, Strategy]] = {}
         self._slots: dict[tuple[str, str], int] = {}  # (project, node) -> slot, never reused
+        self._peak_running: dict[int, int] = {}  # slot -> most requests a report showed running
         for plural in _KINDS:
             self._caches[plural].add_listener(self._object_changed)
         self._caches["reports"].add_listener(self._report_changed)
@@ -180,8 +171,10 @@ class RouterView:
             node = self.get("nodes", where.project, where.name)
             domains = {d.metadata.name: d for d in self.objects("domains", where.project)}
             slot = self._slot(where.project, where.name)
+            running = (report.get("runtime") or {}).get("running") or 0
+            peak = self._peak_running[slot] = max(self._peak_running.get(slot, 0), running)
             by_project.setdefault(where.project, []).extend(
-                replicas_of(where.name, slot, report, node, domains)
+                replicas_of(where.name, slot, report, node, domains, peak)
             )
         self._replicas = by_project
 
@@ -201,15 +194,16 @@ def replicas_of(
     report: Mapping[str, Any],
     node: Any | None,
     domains: Mapping[str, Domain],
+    peak_running: int = 0,
 ) -> Iterable[Replica]:
-    """One Replica per model the node's runtime serves. Operator intent in the Node object
-    (cordon, drain, quarantine) counts at once, before the agent has acted on it."""
+    """One Replica per model the node's runtime serves; `peak_running` is the most requests
+    earlier reports showed running."""
     runtime = report.get("runtime")
     if not runtime or not runtime.get("url"):
         return []
     facts = report.get("facts") or {}
-    conditions = {c.get("type"): c.get("status") for c in report.get("conditions") or []}
     spec = node.spec if node is not None else None
+    avail = availability(report, spec)
     domain = facts.get("domain") or (spec.domain if spec is not None else None)
     domain_obj = domains.get(domain or "")
     residency = facts.get("residency") or (
@@ -229,17 +223,14 @@ def replicas_of(
         "gpu": facts.get("gpu"),
         "gpu_count": facts.get("gpuCount") or 0,
         "price_per_gpu_hour": facts.get("pricePerGpuHour"),
-        "ready": conditions.get("Ready") == "True",
-        "cordoned": conditions.get("Cordoned") == "True"
-        or bool(spec is not None and spec.cordoned),
-        "draining": conditions.get("Draining") == "True"
-        or conditions.get("Drained") == "True"
-        or bool(spec is not None and spec.drain is not None),
-        "quarantined": conditions.get("Quarantined") == "True"
-        or bool(spec is not None and spec.quarantine is not None),
+        "ready": avail.ready,
+        "cordoned": avail.cordoned,
+        "draining": avail.draining,
+        "quarantined": avail.quarantined,
         "runtime_healthy": bool(runtime.get("healthy", True)),
         "running": runtime.get("running") or 0,
         "waiting": runtime.get("waiting") or 0,
+        "peak_running": max(peak_running, runtime.get("running") or 0),
         "kv_cache_usage": runtime.get("kvCacheUsage"),
         "generation_tokens_per_s": runtime.get("generationTokensPerS"),
         "ttft_p50_ms": runtime.get("ttftP50Ms"),

@@ -136,16 +136,24 @@ class LiveState:
     strategies without copying. `inflight` is what this router has sent and not yet finished."""
 
     inflight: np.ndarray  # int64
+    starting: np.ndarray  # int64: of those, the ones still waiting for their first byte
     ttft_p95_ms: np.ndarray  # float64, nan until the router has seen enough requests
     ejected: np.ndarray  # bool: the circuit breaker has taken the replica out
+    # float64 moving averages (router/replica_speed.py), nan until learnt: the TTFT of requests
+    # that found no queue, and first byte to last of whole answers
+    base_ttft_ms: np.ndarray
+    decode_ms: np.ndarray
     rtt_ms: Mapping[str, float] = field(default_factory=dict)  # per link class
 
     @classmethod
     def sized(cls, n: int, rtt_ms: Mapping[str, float]) -> LiveState:
         return cls(
             inflight=np.zeros(n, dtype=np.int64),
+            starting=np.zeros(n, dtype=np.int64),
             ttft_p95_ms=np.full(n, np.nan),
             ejected=np.zeros(n, dtype=bool),
+            base_ttft_ms=np.full(n, np.nan),
+            decode_ms=np.full(n, np.nan),
             rtt_ms=dict(rtt_ms),
         )
 

@@ -1,12 +1,28 @@
 """`hybrid_mesh`: one explainable score per candidate, in milliseconds, lower is better.
 
-    total = queue_ms + ttft_ms + kv + network_ms + cold + health + cost
+    total = queue_ms + jitter_ms + ttft_ms + kv + network_ms + cold + health + cost
 
-- queue_ms: (fused load + this request) x max_tokens / the replica's generation capacity, in
-  tokens/s: its observed throughput, or its GPU's nominal figure when that is higher (at low
-  load the observed figure measures demand, not what the replica could do) or nothing is known.
-- ttft_ms: this router's TTFT p95 for the replica, else the agent's p50, else `default_ttft_ms`.
-  A slow replica shows here first.
+- ttft_ms: the replica's TTFT without queueing: this router's average over requests that found
+  no queue there (router/replica_speed.py), else the agent's p50, else `default_ttft_ms`. A
+  slow node shows here; queueing does not (it is the next term's, and counting it twice made
+  traffic swing between replicas).
+- queue_ms = ahead x service_ms, the wait before this request's first token. A continuous-
+  batching runtime starts a request at once while a batch slot is free, else it waits for
+  answers to finish, one every service_ms = (ttft_ms + decode_ms) / slots (a request holds its
+  slot for its prefill, then its decode). `ahead`: the requests before this one, load + 1 -
+  slots, or this router's requests there still waiting for their first byte if more (queued,
+  or being prefilled with a burst; a non-streamed answer's first byte is its last, so such
+  traffic counts whole), or 0. load: the agent's running + waiting or this router's in-flight
+  count there, the larger.
+  slots: the most requests any candidate has been seen running at once (`Replica.peak_running`;
+  one figure for all, at least 1: replicas of a revision usually share a batch configuration,
+  and one never caught full would otherwise look small and be starved; one that batches less
+  still shows its queue through the requests waiting for their first byte). decode_ms: this
+  router's average first-to-last-byte time of the replica's answers, else max_tokens at the
+  GPU's per-sequence decode speed (DECODE_TPS, else `default_decode_tps`).
+- jitter_ms: uniform in [0, `jitter`) x service_ms. Scores closer than that are a toss-up, so a
+  burst of requests (or routers reading the same stale report) spreads over equal replicas
+  instead of herding onto the first; a replica worse by more than that is never preferred.
 - kv: `kv_weight` x kv^2 / (1 - kv), capped at `kv_cap_ms`: nothing at a half-full cache, steep
   as it nears full (preemption and recompute ahead).
 - network_ms: the RTT of the link class from the request's origin x `net_penalty`.
@@ -15,13 +31,14 @@
   (effectively never) with double-bit ECC errors.
 - cost: price per GPU-hour x `cost_weight` (ms per $/GPU-hour): a tie-breaker by default.
 
-Everything but the queue, TTFT and network parts is fixed for a CandidateSet; it is summed once
-per (set, params), and once per origin with the network part, so a decision over 1,000 replicas
-is a dozen vectorised operations.
+Everything but the queue, jitter, TTFT and network parts is fixed for a CandidateSet; it is summed
+once per (set, params), and once per origin with the network part, so a decision over 1,000
+replicas is a couple of dozen vectorised operations.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,45 +59,58 @@ from infermesh.router.strategies.base import (
 )
 from infermesh.router.strategies.network import ORIGIN_CACHE_MAX, OriginNetwork, origin_network
 
-# Aggregate decode throughput (tokens/s) of a busy replica per GPU type, the floor of a
-# replica's capacity estimate; in line with the simulator's profiles (agent/sim/profiles.py).
-# Matched as substrings of the GPU name, most specific first (L40S before L4).
-GPU_TPS: tuple[tuple[str, float], ...] = (
-    ("H200", 9000.0),
-    ("H100", 7000.0),
-    ("A100", 3800.0),
-    ("L40S", 2000.0),
-    ("A10", 1000.0),
-    ("L4", 700.0),
+# Tokens/s one sequence gets in a busy batch, per GPU type: the decode time a replica is assumed
+# to take before this router has seen it answer; in line with the simulator's profiles
+# (agent/sim/profiles.py). Matched as substrings of the GPU name, most specific first.
+DECODE_TPS: tuple[tuple[str, float], ...] = (
+    ("H200", 170.0),
+    ("H100", 140.0),
+    ("A100", 80.0),
+    ("L40S", 45.0),
+    ("A10", 25.0),
+    ("L4", 16.0),
 )
 _MAX_TOKENS_CACHE = 64  # max_tokens values remembered per (CandidateSet, params)
+# A decision's jitter is a window into a per-set pool of draws, at a random offset: a fresh
+# draw of 1,000 numbers would cost 3 µs, a sixth of the decision.
+_POOL_OFFSETS = 1024
 _EPS = 1e-3  # keeps the KV term finite at a full cache (the cap applies anyway)
 
 
-def gpu_tps(gpu: str | None, default: float) -> float:
+def decode_tps(gpu: str | None, default: float) -> float:
     name = (gpu or "").upper()
-    return next((tps for key, tps in GPU_TPS if key in name), default)
+    return next((tps for key, tps in DECODE_TPS if key in name), default)
 
 
 @dataclass(slots=True)
 class _Prepared:
     """The per-(CandidateSet, params) parts of the score."""
 
-    inv_capacity_ms: np.ndarray  # ms per generated token at the replica's capacity
+    slots: int  # batch slots per replica (at least 1)
+    inv_slots: float
+    ms_per_token: np.ndarray  # the assumed decode time per output token
     ttft_fallback: np.ndarray  # the agent's TTFT p50, else the default
     kv: np.ndarray
     cold: np.ndarray
     health: np.ndarray
     cost: np.ndarray
     fixed: np.ndarray  # kv + cold + health + cost
-    # max_tokens -> inv_capacity_ms x max_tokens: the few distinct values clients send
-    ms_per_request: dict[int, np.ndarray] = field(default_factory=dict)
+    noise: np.ndarray  # uniform in [0, jitter), len(candidates) + _POOL_OFFSETS of them
+    # max_tokens -> ms_per_token x max_tokens: the few distinct values clients send
+    assumed_decode_ms: dict[int, np.ndarray] = field(default_factory=dict)
     # origin -> (the OriginNetwork it was built from, fixed + network part)
     by_origin: dict[Location | None, tuple[OriginNetwork, np.ndarray]] = field(default_factory=dict)
 
 
+def _learnt_else(learnt: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """`learnt` (this decision's copy) with `fallback` where nothing is learnt yet (nan)."""
+    np.putmask(learnt, np.isnan(learnt), fallback)
+    return learnt
+
+
 class HybridMesh(BuiltinStrategy):
-    """Scores every candidate in ms-equivalents (see the module docstring); lowest first."""
+    """Scores every candidate in ms-equivalents (see the module docstring); lowest first.
+    `seed` makes the jitter repeatable (tests); by default it is not."""
 
     name: ClassVar[str] = "hybrid_mesh@1.0"
     network_aware: ClassVar[bool] = True
@@ -97,12 +127,17 @@ class HybridMesh(BuiltinStrategy):
         "ecc_ms": Param(1e6),
         "cost_weight": Param(1.0),
         "default_ttft_ms": Param(50.0),
-        "default_tps": Param(1000.0, minimum=1.0),
+        "default_decode_tps": Param(50.0, minimum=0.1),
+        "jitter": Param(0.25),
+        "seed": Param(None, integer=True),
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._net_penalty: float = self.params["net_penalty"]
+        self._jitter: float = self.params["jitter"]
+        self._rng = np.random.default_rng(self.params["seed"])
+        self._offsets = random.Random(self.params["seed"])
 
     def decide(self, ctx: RequestContext, candidates: CandidateSet, live: LiveState) -> Decision:
         prep: _Prepared | None = candidates.memo().get(self)
@@ -114,36 +149,50 @@ class HybridMesh(BuiltinStrategy):
             if len(prep.by_origin) >= ORIGIN_CACHE_MAX:
                 prep.by_origin.clear()
             hit = prep.by_origin[ctx.origin] = (net, prep.fixed + net.rtt_ms * self._net_penalty)
-        ms_per_request = prep.ms_per_request.get(ctx.max_tokens)
-        if ms_per_request is None:
-            if len(prep.ms_per_request) >= _MAX_TOKENS_CACHE:
-                prep.ms_per_request.clear()
-            ms_per_request = prep.ms_per_request[ctx.max_tokens] = (
-                prep.inv_capacity_ms * ctx.max_tokens
-            )
+        assumed = prep.assumed_decode_ms.get(ctx.max_tokens)
+        if assumed is None:
+            if len(prep.assumed_decode_ms) >= _MAX_TOKENS_CACHE:
+                prep.assumed_decode_ms.clear()
+            assumed = prep.assumed_decode_ms[ctx.max_tokens] = prep.ms_per_token * ctx.max_tokens
+        # In place where the arrays are this decision's own (fancy indexing copies): each pass
+        # over 1,000 candidates saved counts.
         slots = candidates.slots
-        load = np.maximum(candidates.agent_load, live.inflight[slots])
-        total = load * ms_per_request  # the requests ahead, then this one
-        total += ms_per_request
-        p95 = live.ttft_p95_ms[slots]
-        total += np.where(np.isnan(p95), prep.ttft_fallback, p95)
+        ttft = _learnt_else(live.base_ttft_ms[slots], prep.ttft_fallback)
+        service = _learnt_else(live.decode_ms[slots], assumed)
+        service += ttft
+        service *= prep.inv_slots
+        ahead = live.inflight[slots]
+        np.maximum(ahead, candidates.agent_load, out=ahead)  # the load
+        ahead += 1 - prep.slots
+        np.maximum(ahead, live.starting[slots], out=ahead)  # so never below 0
+        offset = self._offsets.randrange(_POOL_OFFSETS)
+        noise = prep.noise[offset : offset + len(slots)]
+        total = ahead + noise
+        total *= service
+        total += ttft
         total += hit[1]
         ejected = live.ejected[slots]
         ranked = rank(total, self.rank_depth, ejected)
-        explain = self._explain(ctx, prep, net, load, p95, ejected, total) if ctx.explain else None
+        explain = None
+        if ctx.explain:
+            decode = _learnt_else(live.decode_ms[slots], assumed)
+            parts = {"load": np.maximum(candidates.agent_load, live.inflight[slots])}
+            parts |= {"slots": np.full(len(slots), prep.slots), "ahead": ahead}
+            parts |= {"decode_ms": decode, "service_ms": service, "queue_ms": ahead * service}
+            parts |= {"jitter_ms": noise * service, "ttft_ms": ttft}
+            explain = self._explain(prep, net, parts, ejected, total)
         return Decision(ranked, self.name, explain=explain)
 
     def _prepare(self, candidates: CandidateSet) -> _Prepared:
         p = self.params
-        default_tps = p["default_tps"]
-        per_gpu = {g: gpu_tps(g, default_tps) for g in {r.gpu for r in candidates.replicas}}
-        nominal = np.fromiter(
-            (per_gpu[r.gpu] for r in candidates.replicas),
-            dtype=np.float64,
-            count=len(candidates),
-        )
-        observed = np.nan_to_num(candidates.generation_tps, nan=0.0)
-        inv_capacity_ms = 1000.0 / np.maximum(observed, nominal)
+        rs = candidates.replicas
+        # One figure for the set: replicas of a model revision usually share their batch
+        # configuration, and one that has never been seen full should not look smaller. One
+        # that batches less still shows its queue, in `starting`.
+        slots = max((max(r.peak_running, r.running) for r in rs), default=0) or 1
+        default_tps = p["default_decode_tps"]
+        per_gpu = {g: 1000.0 / decode_tps(g, default_tps) for g in {r.gpu for r in rs}}
+        ms_per_token = np.fromiter((per_gpu[r.gpu] for r in rs), np.float64, len(rs))
         ttft = candidates.ttft_p50_ms
         ttft_fallback = np.where(np.isnan(ttft), p["default_ttft_ms"], ttft)
         kv_use = np.clip(np.nan_to_num(candidates.kv, nan=0.0), 0.0, 1.0)
@@ -157,22 +206,28 @@ class HybridMesh(BuiltinStrategy):
         )
         cost = np.nan_to_num(candidates.price, nan=0.0) * p["cost_weight"]
         fixed = kv + cold + health + cost
-        return _Prepared(inv_capacity_ms, ttft_fallback, kv, cold, health, cost, fixed)
+        return _Prepared(
+            slots,
+            1.0 / slots,
+            ms_per_token,
+            ttft_fallback,
+            kv,
+            cold,
+            health,
+            cost,
+            fixed,
+            self._rng.random(len(rs) + _POOL_OFFSETS) * self._jitter,
+        )
 
     def _explain(
         self,
-        ctx: RequestContext,
         prep: _Prepared,
         net: OriginNetwork,
-        load: np.ndarray,
-        p95: np.ndarray,
+        parts: dict[str, np.ndarray],
         ejected: np.ndarray,
         total: np.ndarray,
     ) -> tuple[dict[str, float], ...]:
-        columns = {
-            "load": load,
-            "queue_ms": (load + 1) * prep.inv_capacity_ms * ctx.max_tokens,
-            "ttft_ms": np.where(np.isnan(p95), prep.ttft_fallback, p95),
+        columns = parts | {
             "kv": prep.kv,
             "network_ms": net.rtt_ms * self._net_penalty,
             "cold": prep.cold,
