@@ -386,6 +386,13 @@ class _ClientBase:
         return _Call("GET", "/v1/metrics/series", read_json, self._event_params(query))
 
     @_Op
+    def slo_series(self, name: str, **query: Any) -> _Call[dict[str, Any]]:
+        """An SLO's good and valid events and burn rate over time (`GET
+        /v1/slos/{name}/series`): `{"points": [{"t", "good", "total", "ratio", "burn"}], ...}`.
+        Query: project, since and until (epoch seconds or "-1d"), step (seconds)."""
+        return _Call("GET", f"/v1/slos/{name}/series", read_json, self._event_params(query))
+
+    @_Op
     def events(self, **filters: Any) -> _Call[ItemList]:
         """Recent events, newest first; filters: project, kind, name, type, since, limit."""
         return _Call("GET", "/v1/events", read_items, self._event_params(filters))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from infermesh.model import (
+    SLO,
     CapacityPool,
     Condition,
     Endpoint,
@@ -59,6 +60,10 @@ def references_of(obj: Resource) -> list[Ref]:
         case CapacityPool(spec=spec):
             refs += [Ref("NodeClass", name) for name in spec.nodeClasses]
             refs += [Ref("Domain", name) for name in spec.domains]
+        case SLO(spec=spec):
+            refs.append(Ref(spec.target.kind, spec.target.name))
+            if spec.domain:
+                refs.append(Ref("Domain", spec.domain))
     return list(dict.fromkeys(refs))
 
 

@@ -97,6 +97,22 @@ class Histogram(BaseModel):
             self.counts[i] += n
         self.sum_ms += other.sum_ms
 
+    def count_at_most(self, threshold_ms: float, *, interpolate: bool = False) -> float:
+        """How many observations were at most `threshold_ms` (the good events of a latency SLI).
+
+        Exact when the threshold is one of LATENCY_BUCKETS_MS. Otherwise the histogram cannot
+        tell where in its bucket the threshold falls: by default the threshold is rounded *down*
+        to the nearest bound, so the bucket holding it counts as over (good events are never
+        overstated); with `interpolate`, that bucket counts in proportion, linearly, as
+        Prometheus's `histogram_fraction`. The +Inf bucket is always over."""
+        i = bisect.bisect_right(LATENCY_BUCKETS_MS, threshold_ms)  # buckets wholly <= threshold
+        good = float(sum(self.counts[:i]))
+        if interpolate and i < len(LATENCY_BUCKETS_MS):
+            lower = LATENCY_BUCKETS_MS[i - 1] if i else 0.0
+            upper = LATENCY_BUCKETS_MS[i]
+            good += self.counts[i] * max(threshold_ms - lower, 0.0) / (upper - lower)
+        return good
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0..1) in ms, interpolated linearly within its bucket as Prometheus's
         `histogram_quantile`; None without observations. A quantile in the +Inf bucket is the

@@ -23,10 +23,11 @@ ROLES = ("orgAdmin", "platformAdmin", "modelOwner", "jobOwner", "viewer")
 _WRITES: dict[str, frozenset[str]] = {
     "orgAdmin": frozenset({"*"}),
     "platformAdmin": frozenset(
-        {"Domain", "NodeClass", "CapacityPool", "Policy", "Strategy", "Node", "Endpoint"}
+        {"Domain", "NodeClass", "CapacityPool", "Policy", "Strategy", "Node", "Endpoint", "SLO"}
     ),
-    "modelOwner": frozenset({"Model", "Endpoint"}),
-    "jobOwner": frozenset({"Job"}),
+    # Owners set the objectives of what they own (SLOs on their endpoints and jobs).
+    "modelOwner": frozenset({"Model", "Endpoint", "SLO"}),
+    "jobOwner": frozenset({"Job", "SLO"}),
     "viewer": frozenset(),
 }
 # Tenancy records and tokens are an org admin's alone.

@@ -223,14 +223,14 @@ def test_retention_drops_old_rows_on_ingest_and_at_startup(
     etcd: EmbeddedEtcd, start_api: Callable[..., ApiServer], tmp_path: Path, project: str
 ) -> None:
     db = tmp_path / "series.sqlite"
-    api = start_api(etcd, series_db=db)  # the default retention: 7 days
+    api = start_api(etcd, series_db=db)  # the default retention: 31 days
     with api.client() as c:
         r = post(
             c,
             "router-a",
             bucket(project, now_bucket(3600), requests=1),
             bucket(project, now_bucket(60), requests=2),
-            bucket(project, now_bucket(8 * 86400), requests=4),  # past the retention already
+            bucket(project, now_bucket(40 * 86400), requests=4),  # past the retention already
         )
         assert r.json() == {"stored": 2, "expired": 1}
         assert read(c, project, since="-9d", step="3600")["series"][0]["total"]["requests"] == 3

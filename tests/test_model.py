@@ -199,6 +199,7 @@ def test_every_kind_has_its_plural() -> None:
         "Strategy": "strategies",
         "Node": "nodes",
         "Project": "projects",
+        "SLO": "slos",
     }
     assert [cls for cls in KINDS.values() if cls.cluster_scoped] == [Project]
 
@@ -221,6 +222,8 @@ def test_every_kind_has_its_plural() -> None:
         ("strat", "Strategy"),
         ("proj", "Project"),
         ("NodeClasses", "NodeClass"),
+        ("slo", "SLO"),
+        ("slos", "SLO"),
     ],
 )
 def test_kind_for_accepts_kinds_plurals_and_aliases(word: str, kind: str) -> None:
@@ -498,6 +501,62 @@ def test_labels_follow_the_selector_syntax() -> None:
     assert parse_object(doc).metadata.labels["team"] == "chat"
     doc["metadata"]["labels"] = {"team": "a=b"}
     assert "invalid value 'a=b'" in errors_of(doc)["metadata.labels"]
+
+
+# SLO rules ----------------------------------------------------------------------------------
+
+SLO_DOC: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "SLO",
+    "metadata": {"name": "chat-availability"},
+    "spec": {"target": {"kind": "Endpoint", "name": "chat-pro"}, "sli": "availability"},
+}
+
+
+def slo_with(**spec: Any) -> dict[str, Any]:
+    return with_spec(SLO_DOC, **spec)
+
+
+def test_an_slo_defaults_its_objective_per_sli_and_its_window_to_30d() -> None:
+    availability = parse_object(slo_with(objective=99.5))
+    assert (availability.spec.objective, availability.spec.window) == (99.5, "30d")
+    assert parse_object(SLO_DOC).spec.objective == 99.9
+    latency = parse_object(slo_with(sli="latency", thresholdMs=300, window="28d"))
+    assert (latency.spec.objective, latency.spec.window) == (99.0, "28d")
+    assert latency.spec.rateLimitedIsBad is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "expected"),
+    [
+        ({"sli": "latency"}, "spec.thresholdMs", "sli 'latency' needs thresholdMs"),
+        ({"sli": "ttft"}, "spec.thresholdMs", "sli 'ttft' needs thresholdMs"),
+        ({"thresholdMs": 300}, "spec.thresholdMs", "sli 'availability' takes no thresholdMs"),
+        (
+            {"objective": 100},
+            "spec.objective",
+            "strictly between 0 and 100, such as 99.5 (got 100)",
+        ),
+        ({"objective": 0}, "spec.objective", "strictly between 0 and 100"),
+        ({"window": "7d"}, "spec.window", "'28d' or '30d'"),
+        ({"sli": "latency_p95"}, "spec.sli", "'availability', 'latency', 'ttft'"),
+        ({"sli": "step_time", "thresholdMs": 900}, "spec.sli", "not apply to Endpoint targets"),
+        (
+            {"target": {"kind": "Job", "name": "ft"}, "sli": "latency", "thresholdMs": 1},
+            "spec.sli",
+            "use one of step_time, throughput",
+        ),
+        (
+            {"target": {"kind": "Job", "name": "ft"}, "sli": "throughput"},
+            "spec.thresholdTps",
+            "needs thresholdTps",
+        ),
+        ({"target": {"kind": "Model", "name": "m"}}, "spec.target.kind", "'Endpoint' or 'Job'"),
+        ({"rateLimitedIsBad": "often"}, "spec.rateLimitedIsBad", "valid boolean"),
+    ],
+)
+def test_slo_mistakes_name_the_field(spec: dict[str, Any], field: str, expected: str) -> None:
+    assert expected in errors_of(slo_with(**spec))[field]
 
 
 # conditions ---------------------------------------------------------------------------------

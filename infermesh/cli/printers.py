@@ -18,6 +18,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from infermesh.cli import slo_format
+
 NONE = "<none>"
 Obj = dict[str, Any]
 
@@ -378,6 +380,18 @@ COLUMNS: dict[str, list[Column]] = {
         field("TENANT", "spec.tenant"),
         field("ORGANIZATION", "spec.organization"),
     ],
+    "SLO": [
+        Column("TARGET", slo_format.target),
+        Column("SLI", slo_format.sli),
+        Column("OBJECTIVE", slo_format.objective),
+        field("WINDOW", "spec.window"),
+        Column("BUDGET-LEFT", slo_format.budget_left),
+        Column("BURN-1H", slo_format.burn),
+        Column("ALERTS", slo_format.alerts),
+        field("STATUS", "status.phase"),
+        Column("EXHAUSTION", slo_format.exhaustion, wide=True),
+        field("IMPLICIT", "status.implicit", wide=True),
+    ],
 }
 
 
@@ -480,7 +494,9 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
         click.echo(_indent("\n".join(gpu_line(g) for g in gpus)))
     hidden = {"conditions", "gpus"} if gpus else {"conditions"}
     status = {k: v for k, v in (obj.get("status") or {}).items() if k not in hidden}
-    if status:
+    if obj.get("kind") == "SLO":
+        _describe_slo(obj)
+    elif status:
         click.echo("Status:")
         click.echo(_indent(to_yaml(status)))
     conds = dig(obj, "status.conditions") or []
@@ -512,6 +528,21 @@ def print_describe(obj: Obj, events: list[Obj]) -> None:
             for e in reversed(events)
         ]
         click.echo(_indent("\n".join(aligned(rows))))
+
+
+def _describe_slo(obj: Obj) -> None:
+    """An SLO's evaluation as an SRE reads it: objective, budget, the burn table, the alerts."""
+    for key, value in slo_format.summary(obj):
+        click.echo(f"{key + ':':<18}{text(value)}")
+    for title, rows in (
+        ("Burn rates", slo_format.burn_rows(obj)),
+        ("Alerts", slo_format.alert_rows(obj)),
+        ("Percentiles", slo_format.percentile_rows(obj)),
+    ):
+        click.echo(f"{title}:" + ("" if rows else f"  {NONE}"))
+        if rows:
+            cells = [[text(c) for c in row] for row in rows]
+            click.echo(_indent("\n".join(aligned(cells))))
 
 
 def _indent(block: str, prefix: str = "  ") -> str:

@@ -92,10 +92,42 @@ def up(
 @click.option(
     "--series-retention",
     type=click.IntRange(min=60),
-    default=7 * 86400,
+    default=31 * 86400,
     show_default=True,
     metavar="SECONDS",
-    help="Series older than this are deleted.",
+    help="Series older than this are deleted (keep the longest SLO window and a margin).",
+)
+@click.option(
+    "--series-raw-retention",
+    type=click.IntRange(min=60),
+    default=86400,
+    show_default=True,
+    metavar="SECONDS",
+    help="Raw 10 s buckets are kept this long; older time is kept downsampled (1 min, 5 min, 1 h).",
+)
+@click.option(
+    "--series-max-mb",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    metavar="MIB",
+    help="Cap on the series file: over it, the oldest detail is dropped, then the oldest data.",
+)
+@click.option(
+    "--series-settle",
+    type=click.IntRange(min=10),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="A bucket is final this long after its end: rolled up (a re-send then adds its change).",
+)
+@click.option(
+    "--slo-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often the SLO evaluator judges every SLO (0: not in this API process).",
 )
 def api(
     etcd: str | None,
@@ -105,6 +137,10 @@ def api(
     max_body_bytes: int,
     series_db: Path | None,
     series_retention: int,
+    series_raw_retention: int,
+    series_max_mb: int,
+    series_settle: int,
+    slo_interval: float,
 ) -> None:
     """Run the control-plane API alone.
 
@@ -126,6 +162,10 @@ def api(
         max_body_bytes=max_body_bytes,
         series_db=series_db,
         series_retention_s=series_retention,
+        series_raw_retention_s=series_raw_retention,
+        series_max_bytes=series_max_mb << 20,
+        series_settle_s=series_settle,
+        slo_interval_s=slo_interval,
     )
 
 

@@ -1,7 +1,8 @@
 """The InferMesh object model.
 
-`meta` holds the envelope (Resource, ObjectMeta, Condition, Status); `infra`, `workloads` and
-`policy` one group of kinds each; `registry` finds a kind by name and validates raw objects.
+`meta` holds the envelope (Resource, ObjectMeta, Condition, Status); `infra`, `workloads`,
+`policy` and `slo` one group of kinds each; `registry` finds a kind by name and validates raw
+objects.
 """
 
 from infermesh.model.common import (
@@ -54,6 +55,7 @@ from infermesh.model.registry import (
     kind_for,
     parse_object,
 )
+from infermesh.model.slo import SLO, SLOSpec, SLOStatus, SloTarget
 from infermesh.model.workloads import (
     Endpoint,
     EndpointDomain,
@@ -71,6 +73,7 @@ from infermesh.model.workloads import (
 __all__ = [
     "BUILTIN_STRATEGIES",
     "KINDS",
+    "SLO",
     "CapacityPool",
     "CapacityPoolSpec",
     "Condition",
@@ -105,7 +108,10 @@ __all__ = [
     "QuarantineRecord",
     "QuarantinedNode",
     "Resource",
+    "SLOSpec",
+    "SLOStatus",
     "Slo",
+    "SloTarget",
     "Status",
     "Strategy",
     "StrategyRef",

@@ -13,6 +13,7 @@ from infermesh.errors import Invalid, NotFound
 from infermesh.model.infra import CapacityPool, Domain, Node, NodeClass, Project
 from infermesh.model.meta import Loc, Resource
 from infermesh.model.policy import Policy, Strategy
+from infermesh.model.slo import SLO
 from infermesh.model.workloads import Endpoint, Job, Model
 
 KINDS: dict[str, type[Resource]] = {
@@ -28,6 +29,7 @@ KINDS: dict[str, type[Resource]] = {
         Strategy,
         Node,
         Project,
+        SLO,
     )
 }
 _WORDS: dict[str, type[Resource]] = {

@@ -30,6 +30,7 @@ APPLY_ORDER = [
     "Node",
     "Endpoint",
     "Job",
+    "SLO",
 ]
 
 

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 
 import infermesh
 from infermesh.errors import MeshError
-from infermesh.store.api import actions, admin, jobs, nodes, objects, series, streams
+from infermesh.store.api import actions, admin, jobs, nodes, objects, series, slos, streams
 from infermesh.store.api.http import (
     BodyLimit,
     RequestMetrics,
@@ -23,7 +23,14 @@ from infermesh.store.api.http import (
     validation_error_handler,
 )
 from infermesh.store.api.state import ApiState, Settings
-from infermesh.store.series import DEFAULT_RETENTION_S, default_path
+from infermesh.store.series import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RAW_RETENTION_S,
+    DEFAULT_RETENTION_S,
+    DEFAULT_SETTLE_S,
+    default_path,
+)
+from infermesh.store.slo.evaluator import DEFAULT_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(nodes.router)
     app.include_router(jobs.router)
+    app.include_router(slos.router)
     app.include_router(streams.router)
     app.include_router(series.router)
     app.include_router(actions.router)
@@ -83,6 +91,10 @@ def serve(
     max_body_bytes: int = 1 << 20,
     series_db: Path | None = None,
     series_retention_s: int = DEFAULT_RETENTION_S,
+    series_raw_retention_s: int = DEFAULT_RAW_RETENTION_S,
+    series_max_bytes: int = DEFAULT_MAX_BYTES,
+    series_settle_s: int = DEFAULT_SETTLE_S,
+    slo_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> None:
     """Run the API until interrupted."""
     settings = Settings(
@@ -93,6 +105,10 @@ def serve(
         identity=f"api@{host}:{port}",
         series_db=series_db or default_path(),
         series_retention_s=series_retention_s,
+        series_raw_retention_s=series_raw_retention_s,
+        series_max_bytes=series_max_bytes,
+        series_settle_s=series_settle_s,
+        slo_interval_s=slo_interval_s,
     )
     uvicorn.run(
         create_app(settings),

@@ -1,4 +1,4 @@
-"""What the API process holds: the etcd connection, caches, committer, repository, controller.
+"""What the API process holds: the etcd connection, caches, committer, repository, controllers.
 
 Routes reach it through `request.app.state.mesh`. Everything starts and stops with the app.
 """
@@ -22,17 +22,26 @@ from infermesh.store.etcd import EtcdStore, Op
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
 from infermesh.store.repository import ObjectRepository, Stored, decode, now
-from infermesh.store.series import DEFAULT_RETENTION_S, SeriesStore, default_path
+from infermesh.store.series import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_RAW_RETENTION_S,
+    DEFAULT_RETENTION_S,
+    DEFAULT_SETTLE_S,
+    SeriesStore,
+    default_path,
+)
+from infermesh.store.slo.evaluator import DEFAULT_INTERVAL_S, SloEvaluator
 from infermesh.store.watch_cache import WatchCache, decode_json
 
 log = logging.getLogger(__name__)
 
 # Kinds whose owner writes their status straight into etcd (DESIGN.md §2): the API mirrors each
 # `status/{plural}` prefix and serves it merged into the objects (store/api/owner_status.py).
-OWNER_STATUS = ("nodes", "jobs")
+# SLO status is written by the API's own SLO evaluator (store/slo/evaluator.py), the same way.
+OWNER_STATUS = ("nodes", "jobs", "slos")
 # Owners' keys that go when the object is deleted, so a re-created one starts clean. A node's
 # report stays: it is bound to its agent's lease and describes a live machine, not the object.
-DELETED_WITH_OBJECT: frozenset[str] = frozenset({"jobs"})  # status and logs
+DELETED_WITH_OBJECT: frozenset[str] = frozenset({"jobs", "slos"})  # status and logs
 
 
 @dataclass
@@ -44,6 +53,10 @@ class Settings:
     identity: str = "api"
     series_db: Path = field(default_factory=default_path)
     series_retention_s: int = DEFAULT_RETENTION_S
+    series_raw_retention_s: int = DEFAULT_RAW_RETENTION_S
+    series_max_bytes: int = DEFAULT_MAX_BYTES
+    series_settle_s: int = DEFAULT_SETTLE_S
+    slo_interval_s: float = DEFAULT_INTERVAL_S  # 0: this API evaluates no SLOs
 
 
 def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
@@ -62,7 +75,8 @@ class ApiState:
     repo: ObjectRepository = field(init=False)
     controller: ReferenceController = field(init=False)
     series: SeriesStore = field(init=False)  # routers' SLI buckets (SQLite, not etcd)
-    _pruner: asyncio.Task[None] | None = field(init=False, default=None)
+    slos: SloEvaluator = field(init=False)
+    _maintainer: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.keys = KeyLayout(self.settings.prefix)
@@ -78,11 +92,25 @@ class ApiState:
         self.controller = ReferenceController(
             self.store, self.keys, self.repo, identity=self.settings.identity
         )
-        self.series = SeriesStore(self.settings.series_db, self.settings.series_retention_s)
+        self.series = SeriesStore(
+            self.settings.series_db,
+            self.settings.series_retention_s,
+            raw_retention_s=self.settings.series_raw_retention_s,
+            max_bytes=self.settings.series_max_bytes,
+            settle_s=self.settings.series_settle_s,
+        )
+        self.slos = SloEvaluator(
+            self.store,
+            self.keys,
+            self.objects,
+            self.series,
+            identity=self.settings.identity,
+            interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.series.open)  # first: a bad --series-db fails at once
-        self._pruner = asyncio.create_task(self._prune_series(), name="series-retention")
+        self._maintainer = asyncio.create_task(self._maintain_series(), name="series-rollup")
         await self.store.connect()
         await self.committer.start()
         await self.objects.start()
@@ -98,8 +126,11 @@ class ApiState:
                 actor="system:bootstrap",
             )
         await self.controller.start()
+        if self.settings.slo_interval_s > 0:
+            await self.slos.start()
 
     async def stop(self) -> None:
+        await self.slos.stop()
         await self.controller.stop()
         for reports in self.reports.values():
             await reports.stop()
@@ -107,20 +138,30 @@ class ApiState:
         await self.objects.stop()
         await self.committer.stop()
         await self.store.close()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            await asyncio.gather(self._maintainer, return_exceptions=True)
         await asyncio.to_thread(self.series.close)
 
-    async def _prune_series(self) -> None:
-        # Passes a tenth of the retention apart (5 min at most): rows outlive it by 10 % at most.
-        every = max(1.0, min(self.settings.series_retention_s / 10, 300.0))
+    async def _maintain_series(self) -> None:
+        # Rollup, retention and the size cap, every 30 s (or a tenth of a shorter retention):
+        # the raw buckets not rolled up yet, which every window read sums, stay few. The first
+        # pass waits the settle delay: routers re-send what they buffered while the API was
+        # down before that time is finalised.
+        every = max(1.0, min(self.settings.series_retention_s / 10, 30.0))
+        await asyncio.sleep(max(every, self.settings.series_settle_s))
         while True:
-            await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(self.series.prune)
+                report = await asyncio.to_thread(self.series.maintain)
+                if report.seconds > 5:
+                    log.info(
+                        "series maintenance took %.1fs (%d rows rolled up)",
+                        report.seconds,
+                        report.rolled,
+                    )
             except sqlite3.Error:
-                log.exception("series retention pass failed; retrying in %.0fs", every)
+                log.exception("series maintenance failed; retrying in %.0fs", every)
+            await asyncio.sleep(every)
 
     async def drop_owner_keys(self, plural: str, project: str, name: str) -> None:
         """Delete what owners wrote for a deleted object (DELETED_WITH_OBJECT)."""
