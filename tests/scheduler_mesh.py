@@ -20,7 +20,7 @@ from distributed import Client
 
 from infermesh.agent.fleet import SimulatedFleet, load_fleet
 from infermesh.client import AsyncMeshClient
-from infermesh.scheduler.local import LocalFleetCluster
+from infermesh.scheduler.local import LocalFleetCluster, worker_nodes
 from infermesh.scheduler.service import SchedulerService, SchedulerSettings
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import KeyLayout
@@ -185,6 +185,9 @@ async def scheduler_mesh(api: ApiServer, project: str, tmp: Path) -> AsyncIterat
             await fleet.start()
             service = new_service(store, api.prefix, "scheduler-a", lambda: cluster.address)
             await service.watch()
+            async with asyncio.timeout(30):  # every agent has reported its GPUs
+                while len(worker_nodes(service.nodes())) < len(fleet.nodes):
+                    await asyncio.sleep(0.1)
             cluster = LocalFleetCluster(service.nodes)
             await cluster.start()  # a worker for each GPU node the agents report
             dask = await Client(cluster.address, asynchronous=True)
