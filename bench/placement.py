@@ -169,7 +169,7 @@ def running_mix(nodes: dict[str, GpuNode], rng: random.Random) -> Snapshot:
     jobs, running = {}, {}
     misses = 0
     while free.free_gpus() > (1 - FILL) * total and misses < 200:
-        d = demand(f"run/j{len(jobs)}", rng, priorities=3, shapes=SHAPES)
+        d = demand(f"fleet/j{len(jobs)}", rng, priorities=3, shapes=SHAPES)
         n = max_replicas_that_fit(d, base, free=free)
         p = place(d, base, n, free=free) if n else None
         if p is None:
@@ -200,7 +200,7 @@ def one_job(base: Snapshot, calls: int, rng: random.Random) -> dict[str, Any]:
     kept = FreeMap(base)
     snaps = []
     for i in range(calls + FRESH_CALLS):
-        new = queued_job(f"queue/new{i}", rng)
+        new = queued_job(f"fleet/new{i}", rng)
         snaps.append(dataclasses.replace(base, jobs={**base.jobs, new.key: new}))
     for snap in snaps[:20]:  # warm-up
         plan(snap, now=10_000, free=kept)
@@ -225,7 +225,7 @@ def one_job(base: Snapshot, calls: int, rng: random.Random) -> dict[str, Any]:
 
 
 def queue_pass(base: Snapshot, queue: int, rng: random.Random) -> dict[str, Any]:
-    queued = [queued_job(f"queue/q{i}", rng) for i in range(queue)]
+    queued = [queued_job(f"fleet/q{i}", rng) for i in range(queue)]
     snap = dataclasses.replace(base, jobs={**base.jobs, **{d.key: d for d in queued}})
     kept = FreeMap(base)
     t_start = time.perf_counter()
@@ -304,7 +304,7 @@ def trace(nodes: dict[str, GpuNode], spread: bool, load: float, seed: int) -> di
         advance(next_arrival)
         tp, pp, dp, _ = rng.choices(TRACE_SHAPES, weights)[0]
         job = JobDemand(
-            key=f"trace/j{i}",
+            key=f"fleet/t{i}",
             tp=tp,
             pp=pp,
             min_replicas=dp,

@@ -36,6 +36,7 @@ def pool_of(demand: JobDemand | None) -> str:
 class Cell:
     """Nodes interchangeable for every placement constraint."""
 
+    project: str  # a job only ever runs on its own project's nodes (tenants stay apart)
     zone: str
     region: str
     node_class: str
@@ -144,7 +145,8 @@ class FreeMap:
                 used[node_class] = used.get(node_class, 0) + n
 
     def _attach(self, node: GpuNode) -> None:
-        cell = Cell(node.zone, node.region, node.node_class, node.domain, node.residency)
+        project = node.key.partition("/")[0]
+        cell = Cell(project, node.zone, node.region, node.node_class, node.domain, node.residency)
         cid = self._cell_ids.get(cell)
         if cid is None:
             cid = self._cell_ids[cell] = len(self.cells)
@@ -203,13 +205,15 @@ class FreeMap:
         pool = self.snapshot.pools.get(demand.pool) if demand.pool else None
         classes = (demand.node_classes, pool.node_classes if pool else ())
         domains = (demand.domains, pool.domains if pool else ())
-        sig = (classes, domains, demand.residency)
+        project = demand.key.partition("/")[0]
+        sig = (project, classes, domains, demand.residency)
         found = self._eligible.get(sig)
         if found is None:
             found = self._eligible[sig] = tuple(
                 cid
                 for cid, cell in enumerate(self.cells)
-                if all(not allowed or cell.node_class in allowed for allowed in classes)
+                if cell.project == project
+                and all(not allowed or cell.node_class in allowed for allowed in classes)
                 and all(not allowed or cell.domain in allowed for allowed in domains)
                 and (not demand.residency or cell.residency in demand.residency)
             )

@@ -16,6 +16,15 @@ from infermesh.scheduler.topology import TrainingStrategy
 from tests.scheduler_fleet import by_kind, check, gang, job, node, nodes, snapshot, whole
 
 
+def test_a_job_runs_only_on_its_own_projects_nodes() -> None:
+    fleet = nodes(node("mine", gpus=2), node("theirs", key="q/theirs"))
+    snap = snapshot(fleet)
+    assert place(job("j", replicas=2), snap, 2) is not None  # fits on p/mine
+    assert place(job("k", tp=4), snap, 1) is None  # q/theirs has 8 free GPUs, not for p
+    waits = plan(snapshot(fleet, [job("k", tp=4)]), now=0).actions
+    assert [type(a).__name__ for a in waits] == ["Wait"] and "never" in waits[0].reason
+
+
 def test_a_gang_that_does_not_fit_gets_nothing() -> None:
     fleet = nodes(node("a"), node("b"))
     snap = snapshot(fleet)
