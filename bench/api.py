@@ -66,6 +66,7 @@ from harness import (
     machine_facts,
     run_async,  # bench/ is on sys.path when run as a script
     wait_until_idle,
+    write_report,
 )
 from httpx_sse import aconnect_sse
 
@@ -538,11 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         "verdicts": verdicts(summary),
         "disturbances": disturbed,
         "runs": runs,
-        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, report, started)
     return 0
 
 

@@ -79,6 +79,7 @@ from harness import (  # bench/ is on sys.path when run as a script
     processes_sampler,
     run_async,
     wait_until_idle,
+    write_report,
 )
 
 from infermesh.store.etcd_server import etcd_binary
@@ -453,11 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         **report,
         "runtime_requests_served": served,
         "disturbances": disturbed,
-        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, out, started)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import math
 import os
@@ -544,3 +545,11 @@ def etcd_revision(endpoint: str, timeout: float = 5.0) -> int:
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return int(json.loads(resp.read())["header"]["revision"])
+
+
+def write_report(path: Path, report: dict[str, Any], started: dt.datetime) -> None:
+    """Write a benchmark's JSON result (with its wall time, unless it has one) and say where."""
+    report.setdefault("wall_s", round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path}", flush=True)

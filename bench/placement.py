@@ -43,7 +43,6 @@ import dataclasses
 import datetime as dt
 import gc
 import heapq
-import json
 import random
 import statistics
 import sys
@@ -58,6 +57,7 @@ from harness import (  # bench/ is on sys.path when run as a script
     machine_busy_s,
     machine_facts,
     wait_until_idle,
+    write_report,
 )
 
 from infermesh.scheduler.capacity import FreeMap
@@ -534,11 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         else ("pass" if all(v == "pass" for v in verdicts) else "fail"),
         "median": summary,
         "runs": runs,
-        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, report, started)
     return 0
 
 

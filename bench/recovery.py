@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import random
@@ -55,6 +54,7 @@ from harness import (  # bench/ is on sys.path when run as a script
     machine_facts,
     percentile,
     wait_until_idle,
+    write_report,
 )
 
 from infermesh.model import Workload
@@ -353,11 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": summary,
         "runs": runs,
-        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, out, started)
     return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from harness import (  # bench/ is on sys.path when run as a script
     machine_facts,
     run_async,
     wait_until_idle,
+    write_report,
 )
 from router_fleet import (
     FLEET_ENDPOINT,
@@ -371,9 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
     print_report(out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, out, started)
     return 0
 
 

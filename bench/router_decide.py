@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import json
 import random
 import statistics
 import sys
@@ -47,6 +46,7 @@ from harness import (  # bench/ is on sys.path when run as a script
     machine_facts,
     percentile,
     wait_until_idle,
+    write_report,
 )
 
 from infermesh.agent.sim.wan import DEFAULT_RTT_MS, Location
@@ -310,11 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         "verdict": verdict,
         "median": summary,
         "runs": runs,
-        "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, report, started)
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import slo_data  # bench/ is on sys.path when run as a script
-from harness import ROOT, machine_facts, wait_until_idle
+from harness import ROOT, machine_facts, wait_until_idle, write_report
 
 from infermesh.sli import LATENCY_BUCKETS_MS, SeriesBatch
 from infermesh.store.series import SeriesStore, SliceKey, WindowTotals
@@ -367,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
     }
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}", flush=True)
+    write_report(args.out, report, started)
     return 0
 
 
