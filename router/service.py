@@ -7,7 +7,6 @@ first-byte race over the plan's targets. The aiohttp handlers in server.py are t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -329,11 +328,8 @@ class RouterService:
                 speed.first_byte(slot, opened.ttft_ms, queued, opened.first_at)
             return opened
 
-        def start(replica: Replica, hedge: bool) -> asyncio.Task[Attempt]:
-            return asyncio.create_task(attempt(replica, hedge))
-
         result = await race(
-            start, plan.targets, max_retries=self.settings.max_retries, hedging=plan.hedging
+            attempt, plan.targets, max_retries=self.settings.max_retries, hedging=plan.hedging
         )
         now = time.monotonic()
         for failure in result.failures:
