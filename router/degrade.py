@@ -5,7 +5,9 @@ origin to its first-ranked target: `linkClass` matches, the link's RTT is above 
 A rule that gives neither fires when the RTT exceeds the policy's `rttBudgetMs`. Loss is not
 measured by the router, so a rule that only names `lossAbovePercent` never fires here.
 Inference acts on `hedge` (hedge this request even where hedging is off) and `local-only` (keep
-to the origin's domain when it has a replica); the other actions are for training.
+to the origin's domain when it has a replica); the other actions are for training. Rules on SLO
+state are the control plane's to judge (store/delivery/degrade.py): the router reads the actions
+they switched on from the endpoint's status (`RouterView.slo_degrade`), never fires them here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def triggered(
     """The inference actions of the rules that fire for this link."""
     actions: set[str] = set()
     for rule in rules:
+        if rule.on_slo:
+            continue
         if rule.linkClass is not None and rule.linkClass != link_class:
             continue
         if rule.rttAboveMs is not None and not rtt_ms > rule.rttAboveMs:

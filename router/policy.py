@@ -23,6 +23,7 @@ from infermesh.model.policy import (
     Hedging,
     IdempotencyPolicy,
     NetworkPolicy,
+    PolicySpec,
     PolicyTarget,
     ResidencyPolicy,
 )
@@ -71,13 +72,19 @@ def _target_specificity(target: PolicyTarget, endpoint: Endpoint) -> int | None:
     return None
 
 
-def resolve_policy(policies: Iterable[Policy], endpoint: Endpoint) -> RoutingPolicy:
-    """The routing policy for `endpoint` from its project's policies (see the module docstring)."""
+def ranked_specs(policies: Iterable[Policy], endpoint: Endpoint) -> list[PolicySpec]:
+    """The specs of the policies that apply to `endpoint`, most specific first; a section
+    comes from the first that has it (see the module docstring)."""
     ranked = sorted(
         ((s, p) for p in policies if (s := specificity(p, endpoint)) is not None),
         key=lambda sp: (-sp[0], sp[1].metadata.name),
     )
-    specs = [p.spec for _, p in ranked]
+    return [p.spec for _, p in ranked]
+
+
+def resolve_policy(policies: Iterable[Policy], endpoint: Endpoint) -> RoutingPolicy:
+    """The routing policy for `endpoint` from its project's policies (see the module docstring)."""
+    specs = ranked_specs(policies, endpoint)
     admission = next((s.admission for s in specs if s.admission is not None), None)
     idempotency = next((s.idempotency for s in specs if s.idempotency is not None), None)
     degrade = next((s.degrade for s in specs if s.degrade is not None), DegradePolicy())

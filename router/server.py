@@ -383,7 +383,16 @@ async def serve_router(
     log.info("router listening on http://%s:%d", host, sock.getsockname()[1])
     shipping = None
     if api_url and token and service.session is not None:
-        shipping = asyncio.create_task(ship(service.signals, service.session, api_url, token, stop))
+        shipping = asyncio.create_task(
+            ship(
+                service.signals,
+                service.session,
+                api_url,
+                token,
+                stop,
+                every_s=service.settings.ship_every_s,
+            )
+        )
     try:
         await stop.wait()
     finally:

@@ -29,7 +29,7 @@ from infermesh.router.proxy import Attempt, HedgeSettings, RaceResult, open_atte
 from infermesh.router.replica import Replica
 from infermesh.router.replica_speed import ReplicaSpeed
 from infermesh.router.shadow import compare
-from infermesh.router.signals import Signals
+from infermesh.router.signals import BUCKET_S, Signals
 from infermesh.router.split import Splits
 from infermesh.router.strategies.base import (
     CandidateSet,
@@ -52,6 +52,7 @@ class RouterSettings:
     max_retries: int = 2  # extra targets tried when one fails before its first byte
     location: Location | None = None  # where this router runs; the origin of unhinted requests
     rtt_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_RTT_MS))
+    ship_every_s: float = BUCKET_S  # how often the SLI buckets go to the control plane
 
 
 @dataclass(slots=True)
@@ -129,6 +130,7 @@ class RouterService:
         origin = self._origin(inv, endpoint)
         preferred = self.splits.pick_domain(endpoint) if origin is None else origin.domain
         slo = endpoint.spec.slo
+        on_slo = self.view.slo_degrade(project, endpoint.metadata.name)
         ctx = RequestContext(
             endpoint=endpoint.metadata.name,
             project=project,
@@ -142,6 +144,7 @@ class RouterService:
             max_tokens=inv.max_tokens,
             slo_ttft_ms=slo.ttft_ms if slo is not None else None,
             explain=inv.explain,
+            relax_cost="relax-cost-cap" in on_slo,
         )
         candidates = route.candidates
         if preferred and not strategy.network_aware:
@@ -160,7 +163,7 @@ class RouterService:
         if candidates is not route.candidates:  # spill to the other domains after the tier
             chosen = {r.node for r in targets}
             targets += [r for r in route.candidates.replicas if r.node not in chosen]
-        degraded = self._degrade(route, ctx, candidates, decision)
+        degraded = self._degrade(route, ctx, candidates, decision, on_slo)
         if "local-only" in degraded and ctx.origin is not None and ctx.origin.domain:
             local = [r for r in targets if r.domain == ctx.origin.domain]
             targets = local or targets  # no local replica: serving beats failing
@@ -177,20 +180,26 @@ class RouterService:
         )
 
     def _degrade(
-        self, route: Route, ctx: RequestContext, candidates: CandidateSet, decision: Decision
+        self,
+        route: Route,
+        ctx: RequestContext,
+        candidates: CandidateSet,
+        decision: Decision,
+        on_slo: frozenset[str],
     ) -> frozenset[str]:
-        """The degradation actions the link to the first-ranked target calls for."""
+        """The degradation actions in force: those the endpoint's burning SLOs switched on, and
+        those the link to the first-ranked target calls for."""
         policy = route.policy
-        if not policy.degrade_rules or not decision.ranked:
-            return frozenset()
-        network = origin_network(ctx.origin, candidates, self.live)
-        first = decision.ranked[0]
-        actions = triggered(
-            policy.degrade_rules,
-            link_class_name(int(network.codes[first])),
-            float(network.rtt_ms[first]),
-            policy.rtt_budget_ms,
-        )
+        actions = on_slo
+        if policy.degrade_rules and decision.ranked:
+            network = origin_network(ctx.origin, candidates, self.live)
+            first = decision.ranked[0]
+            actions |= triggered(
+                policy.degrade_rules,
+                link_class_name(int(network.codes[first])),
+                float(network.rtt_ms[first]),
+                policy.rtt_budget_ms,
+            )
         for action in actions:
             self.signals.degraded.labels(ctx.endpoint, action).inc()
         return actions

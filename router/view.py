@@ -60,6 +60,8 @@ class RouterView:
             plural: WatchCache(store, keys.objects(plural), decode_resource) for plural in _KINDS
         }
         self._caches["reports"] = WatchCache(store, keys.statuses("nodes"), decode_json)
+        # The delivery controller's endpoint status: the degrade actions SLO rules switched on.
+        self._caches["delivery"] = WatchCache(store, keys.statuses("endpoints"), decode_json)
         self.tokens: WatchCache[auth.Principal] = WatchCache(
             store, keys.tokens(), _decode_principal
         )
@@ -107,6 +109,12 @@ class RouterView:
     def endpoint(self, project: str, name: str) -> Endpoint | None:
         found: Endpoint | None = self.get("endpoints", project, name)
         return found
+
+    def slo_degrade(self, project: str, endpoint: str) -> frozenset[str]:
+        """The degrade actions on SLO state in force for the endpoint (store/delivery)."""
+        status = self._caches["delivery"].get(self.keys.status("endpoints", project, endpoint))
+        degrade = (status or {}).get("degrade") or {}
+        return frozenset(degrade.get("actions") or ())
 
     def tenant_of(self, project: str) -> str:
         record = self.get("projects", CLUSTER_SCOPE, project)

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 class InProcessApi:
     def __init__(self, etcd: EmbeddedEtcd, series_db: Path) -> None:
+        self.etcd = etcd
         self.token = new_token()
         self.prefix = f"/t-{uuid.uuid4().hex[:10]}"
         port = free_port()

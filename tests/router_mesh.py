@@ -26,6 +26,7 @@ from infermesh.store.etcd import EtcdStore
 from infermesh.store.etcd_server import free_port
 from infermesh.store.keys import KeyLayout
 from tests.fixtures_api import ApiServer
+from tests.inprocess_api import InProcessApi
 
 FLEET = """
 apiVersion: v1
@@ -68,7 +69,7 @@ _names = itertools.count(1)
 
 @dataclass
 class RouterMesh:
-    api: ApiServer
+    api: ApiServer | InProcessApi
     project: str
     client: AsyncMeshClient
     fleet: SimulatedFleet
@@ -179,8 +180,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 @contextlib.asynccontextmanager
 async def router_mesh(
-    api: ApiServer, project: str, tmp: Path, *, time_scale: float = 0.1
+    api: ApiServer | InProcessApi,
+    project: str,
+    tmp: Path,
+    *,
+    time_scale: float = 0.1,
+    settings: RouterSettings | None = None,
 ) -> AsyncIterator[RouterMesh]:
+    """The fleet and a router on `api` (the session API, or one served from this process)."""
     path = tmp / "fleet.yaml"
     path.write_text(FLEET)
     async with EtcdStore(api.etcd.endpoints) as store:
@@ -202,7 +209,7 @@ async def router_mesh(
                 serve_router(
                     store,
                     KeyLayout(api.prefix),
-                    RouterSettings(name="test-router"),
+                    settings or RouterSettings(name="test-router"),
                     "127.0.0.1",
                     port,
                     stop,

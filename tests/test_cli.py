@@ -149,7 +149,7 @@ def test_get_prints_parseable_kind_specific_tables(
     seeded: Callable[..., Result], project: str
 ) -> None:
     rows = table(ok(seeded("get", "ep")).stdout)
-    assert rows[0] == ["NAME", "MODEL", "DOMAINS", "STRATEGY", "REFS", "AGE"]
+    assert rows[0] == ["NAME", "MODEL", "DOMAINS", "STRATEGY", "REFS", "ROLLOUT", "DEGRADED", "AGE"]
     assert rows[1][:5] == [
         "chat-pro",
         "chat-70b@q4_k_m",

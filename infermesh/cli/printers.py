@@ -250,6 +250,15 @@ def _artifacts(obj: Obj) -> str:
     return ",".join(f"{a.get('type')}:{a.get('uri')}" for a in dig(obj, "spec.artifacts") or [])
 
 
+def rollout_summary(status: Any) -> str:
+    """`25% 2/4 Progressing`: an Endpoint's `status.rollout` in one cell (store/delivery)."""
+    if not isinstance(status, dict) or not status.get("canary"):
+        return "-"
+    steps = status.get("steps") or []
+    at = f" {status.get('step', -1) + 1}/{len(steps)}" if steps else ""
+    return f"{status.get('weight', 0)}%{at} {status.get('phase', '')}"
+
+
 def _traffic_split(obj: Obj) -> str:
     split = dig(obj, "spec.trafficSplit") or []
     return ",".join(f"{e.get('modelRef')}={e.get('weight')}" for e in split) or NONE
@@ -333,6 +342,8 @@ COLUMNS: dict[str, list[Column]] = {
         field("POOL", "spec.capacityPoolRef", wide=True),
         field("SLO", "spec.slo", wide=True),
         Column("SPLIT", _traffic_split, wide=True),
+        Column("ROLLOUT", lambda o: rollout_summary(dig(o, "status.rollout"))),
+        Column("DEGRADED", lambda o: ",".join(dig(o, "status.degrade.actions") or []) or "-"),
         Column("PINS", _pins, wide=True),
         field("GEN", "metadata.generation", wide=True),
     ],

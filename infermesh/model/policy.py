@@ -108,18 +108,31 @@ class PreemptionPolicy(StrictModel):
 
 
 class FailureGate(StrictModel):
-    """Roll back when the canary's metric passes the threshold."""
+    """Roll back when the canary's metric passes the threshold (error_rate: a share, 0.02 is
+    2 %; p95_ms and ttft_ms: milliseconds)."""
 
     metric: Literal["error_rate", "p95_ms", "ttft_ms"]
     threshold: NonNegative
 
 
 class RolloutPolicy(StrictModel):
-    canaryPercent: Percent = 10
+    """A canary's step plan: each step holds `stepIntervalSeconds`, then the canary takes the
+    next step's share when it was no worse than its baseline, or goes back to 0 % when it passed
+    a failure gate (docs/slo.md "Canary analysis")."""
+
+    canaryPercent: Percent = 10  # the first step when `steps` is empty (then 100)
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=list)
     stepIntervalSeconds: int = Field(300, ge=0)
     failureGates: list[FailureGate] = Field(default_factory=list)
     autoRollback: bool = True
+    minRequests: int = Field(20, ge=1)  # canary requests a step needs before it is judged
+    # "No worse": each metric within this share above the baseline's (error rate: points).
+    tolerancePercent: Annotated[float, Field(ge=0, le=100)] = 10
+
+    def plan(self) -> list[int]:
+        """The canary's share at each step, ending at 100."""
+        steps = self.steps or [int(self.canaryPercent) or 10]
+        return steps if steps[-1] == 100 else [*steps, 100]
 
     @model_validator(mode="after")
     def _increasing(self) -> RolloutPolicy:
@@ -156,13 +169,50 @@ DegradeAction = Literal[
 ]
 
 
+# What a rule on SLO state may do: the router applies these to every request of the endpoint.
+SLO_DEGRADE_ACTIONS = ("hedge", "local-only", "relax-cost-cap")
+
+
 class DegradeRule(StrictModel):
-    """When a link class is slow or lossy, take these actions (inference or training)."""
+    """When a link class is slow or lossy, take these actions (inference or training); or, with
+    `sloAlert`/`burnRateAbove`, while the endpoint's SLOs burn (the control plane decides that
+    and records each switch as an event)."""
 
     linkClass: LinkClass | None = None  # None: any
     rttAboveMs: PositiveMs | None = None
     lossAbovePercent: Annotated[float, Field(ge=0, le=100)] | None = None
+    # On SLO state: while an alert of this severity fires (page: only pages; ticket: any) ...
+    sloAlert: Literal["page", "ticket"] | None = None
+    # ... or while an SLO of the endpoint burns faster than this over both 5m and 1h.
+    burnRateAbove: Annotated[float, Field(gt=0)] | None = None
     actions: list[DegradeAction] = Field(min_length=1)
+
+    @property
+    def on_slo(self) -> bool:
+        return self.sloAlert is not None or self.burnRateAbove is not None
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> DegradeRule:
+        problems: list[tuple[Loc, str]] = []
+        link = (self.linkClass, self.rttAboveMs, self.lossAbovePercent)
+        if self.on_slo and any(v is not None for v in link):
+            problems.append(
+                (
+                    (),
+                    "a rule reacts to a link (linkClass, rttAboveMs, lossAbovePercent) or to "
+                    "SLO state (sloAlert, burnRateAbove), not both; make two rules",
+                )
+            )
+        if self.on_slo and (bad := [a for a in self.actions if a not in SLO_DEGRADE_ACTIONS]):
+            problems.append(
+                (
+                    ("actions",),
+                    f"{', '.join(bad)}: not an action on SLO state; use "
+                    f"{', '.join(SLO_DEGRADE_ACTIONS)}",
+                )
+            )
+        raise_problems("DegradeRule", problems)
+        return self
 
 
 class DegradePolicy(StrictModel):

@@ -45,6 +45,7 @@ class RequestContext:
     max_tokens: int = 16
     slo_ttft_ms: float | None = None
     explain: bool = False
+    relax_cost: bool = False  # an SLO is burning: price is no reason to pass a replica over
 
 
 class CandidateSet:

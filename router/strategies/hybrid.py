@@ -171,6 +171,8 @@ class HybridMesh(BuiltinStrategy):
         total *= service
         total += ttft
         total += hit[1]
+        if ctx.relax_cost:
+            total -= prep.cost
         ejected = live.ejected[slots]
         ranked = rank(total, self.rank_depth, ejected)
         explain = None

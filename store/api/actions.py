@@ -14,27 +14,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from infermesh.errors import BadRequest, Conflict, Invalid, NotFound
+from infermesh.errors import BadRequest, Invalid, NotFound
 from infermesh.model import Node
 from infermesh.store.api.http import json_response, read_json
 from infermesh.store.api.nodes import ensure_node_object
 from infermesh.store.api.objects import authorized
 from infermesh.store.repository import Obj, now
+from infermesh.store.split_actions import promote, reason_of, rollback, traffic_split
 
 router = APIRouter()
 
 Action = Callable[[Obj, dict[str, Any], str], tuple[Obj, str]]
-
-
-def _reason(body: dict[str, Any], required: bool) -> str:
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise Invalid("reason: must be a string", {"field": "reason"})
-    if required and not (reason or "").strip():
-        raise Invalid(
-            "reason: required for this action (say why, for the audit log)", {"field": "reason"}
-        )
-    return (reason or "").strip()
 
 
 def _int(body: dict[str, Any], field: str, default: int | None = None) -> int | None:
@@ -47,7 +37,7 @@ def _int(body: dict[str, Any], field: str, default: int | None = None) -> int | 
 # nodes -------------------------------------------------------------------------------------
 def cordon(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     obj["spec"]["cordoned"] = True
-    return obj, f"cordoned by {actor}" + (f": {r}" if (r := _reason(body, False)) else "")
+    return obj, f"cordoned by {actor}" + (f": {r}" if (r := reason_of(body, False)) else "")
 
 
 def uncordon(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
@@ -57,7 +47,7 @@ def uncordon(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
 
 
 def drain_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    reason = _reason(body, False)
+    reason = reason_of(body, False)
     obj["spec"]["cordoned"] = True  # a draining node takes no new work
     obj["spec"]["drain"] = {
         "reason": reason,
@@ -70,7 +60,7 @@ def drain_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
 
 
 def quarantine_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    reason = _reason(body, True)
+    reason = reason_of(body, True)
     obj["spec"]["quarantine"] = {"reason": reason, "actor": actor, "since": now()}
     return obj, f"quarantined by {actor}: {reason}"
 
@@ -79,91 +69,12 @@ def unquarantine_node(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, 
     if not obj["spec"].get("quarantine"):
         raise BadRequest(f"node {obj['metadata']['name']!r} is not quarantined")
     obj["spec"].pop("quarantine", None)
-    return obj, f"quarantine lifted by {actor}" + (f": {r}" if (r := _reason(body, False)) else "")
+    return obj, f"quarantine lifted by {actor}" + (
+        f": {r}" if (r := reason_of(body, False)) else ""
+    )
 
 
 # endpoints ---------------------------------------------------------------------------------
-def _split_text(split: list[Any]) -> str:
-    return ", ".join(f"{s.get('modelRef')}={s.get('weight')}" for s in split if isinstance(s, dict))
-
-
-def traffic_split(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    split = body.get("split", body.get("trafficSplit"))
-    if not isinstance(split, list) or not split:
-        raise Invalid(
-            'split: required, e.g. [{"modelRef": "chat-70b@q4", "weight": 90}, ...]',
-            {"field": "split"},
-        )
-    obj["spec"]["trafficSplit"] = split
-    return obj, f"traffic split set to {_split_text(split)} by {actor}"
-
-
-def promote(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    """A canary of the traffic split becomes the endpoint's model and takes all its traffic."""
-    spec, name = obj["spec"], obj["metadata"]["name"]
-    current, split = spec["modelRef"], spec.get("trafficSplit") or []
-    revision = body.get("revision")
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise Invalid("revision: must be a non-empty string", {"field": "revision"})
-    if not split:
-        raise Conflict(
-            f"endpoint {name!r} has no canary to promote: all its traffic goes to {current} "
-            "(start one with a traffic split)"
-        )
-    canaries = [s for s in split if s.get("modelRef") != current]
-    if revision:
-        # A bare revision ("fp8") names a revision of the endpoint's model, as traffic-split does.
-        target = revision if "@" in revision else f"{current.partition('@')[0]}@{revision}"
-        if target == current:
-            raise BadRequest(
-                f"revision: {target} is already the model of endpoint {name!r}; "
-                "to drop the canaries, roll back",
-                {"field": "revision"},
-            )
-        if target not in {s.get("modelRef") for s in canaries}:
-            raise BadRequest(
-                f"revision: {target} is not in the traffic split of endpoint {name!r} "
-                f"({_split_text(split)})",
-                {"field": "revision"},
-            )
-    else:
-        top = max((s.get("weight") or 0 for s in canaries), default=None)
-        leaders = [s["modelRef"] for s in canaries if (s.get("weight") or 0) == top]
-        if not leaders:
-            raise Conflict(
-                f"endpoint {name!r} has no canary to promote: its traffic split "
-                f"({_split_text(split)}) names only {current}"
-            )
-        if len(leaders) > 1:
-            raise Conflict(
-                f"endpoint {name!r} has several canaries of weight {top} "
-                f"({', '.join(leaders)}); name the one to promote with revision",
-                {"candidates": leaders},
-            )
-        target = leaders[0]
-    spec["modelRef"] = target
-    spec["trafficSplit"] = []
-    return obj, f"promoted to {target} (was {current}; split {_split_text(split)}) by {actor}" + (
-        f": {r}" if (r := _reason(body, False)) else ""
-    )
-
-
-def rollback(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    """Drop the traffic split: all traffic back to the endpoint's model."""
-    spec, name = obj["spec"], obj["metadata"]["name"]
-    split = spec.get("trafficSplit") or []
-    if not split:
-        raise Conflict(
-            f"endpoint {name!r} has no traffic split to roll back; "
-            f"all its traffic already goes to {spec['modelRef']}"
-        )
-    spec["trafficSplit"] = []
-    return obj, (
-        f"rolled back to {spec['modelRef']} (split {_split_text(split)} dropped) by {actor}"
-        + (f": {r}" if (r := _reason(body, False)) else "")
-    )
-
-
 def pin(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
     pins = body.get("pins")
     if not isinstance(pins, list):
@@ -177,7 +88,7 @@ def pin(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
 
 
 def drain_endpoint(obj: Obj, body: dict[str, Any], actor: str) -> tuple[Obj, str]:
-    reason = _reason(body, False)
+    reason = reason_of(body, False)
     obj["spec"]["drain"] = {
         "reason": reason,
         "actor": actor,
@@ -194,7 +105,7 @@ def quarantine_endpoint_node(obj: Obj, body: dict[str, Any], actor: str) -> tupl
             "node: required, the node whose replica stops getting this endpoint's traffic",
             {"field": "node"},
         )
-    reason = _reason(body, True)
+    reason = reason_of(body, True)
     entries = [q for q in obj["spec"].get("quarantinedNodes") or [] if q.get("node") != node]
     entries.append({"node": node, "reason": reason, "actor": actor, "since": now()})
     obj["spec"]["quarantinedNodes"] = entries

@@ -14,7 +14,17 @@ from fastapi.exceptions import RequestValidationError
 
 import infermesh
 from infermesh.errors import MeshError
-from infermesh.store.api import actions, admin, jobs, nodes, objects, series, slos, streams
+from infermesh.store.api import (
+    actions,
+    admin,
+    endpoints,
+    jobs,
+    nodes,
+    objects,
+    series,
+    slos,
+    streams,
+)
 from infermesh.store.api.http import (
     BodyLimit,
     RequestMetrics,
@@ -68,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(nodes.router)
     app.include_router(jobs.router)
+    app.include_router(endpoints.router)
     app.include_router(slos.router)
     app.include_router(streams.router)
     app.include_router(series.router)

@@ -18,6 +18,7 @@ from fastapi import Request
 from infermesh.errors import Conflict, Forbidden, MeshError, Unauthorized
 from infermesh.store import auth
 from infermesh.store.committer import Committer, Mutation, event_record
+from infermesh.store.delivery.controller import DeliveryController
 from infermesh.store.etcd import EtcdStore, Op
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.reference_controller import ReferenceController
@@ -38,10 +39,10 @@ log = logging.getLogger(__name__)
 # Kinds whose owner writes their status straight into etcd (DESIGN.md §2): the API mirrors each
 # `status/{plural}` prefix and serves it merged into the objects (store/api/owner_status.py).
 # SLO status is written by the API's own SLO evaluator (store/slo/evaluator.py), the same way.
-OWNER_STATUS = ("nodes", "jobs", "slos")
+OWNER_STATUS = ("nodes", "jobs", "slos", "endpoints")
 # Owners' keys that go when the object is deleted, so a re-created one starts clean. A node's
 # report stays: it is bound to its agent's lease and describes a live machine, not the object.
-DELETED_WITH_OBJECT: frozenset[str] = frozenset({"jobs", "slos"})  # status and logs
+DELETED_WITH_OBJECT: frozenset[str] = frozenset({"jobs", "slos", "endpoints"})  # status and logs
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ApiState:
     controller: ReferenceController = field(init=False)
     series: SeriesStore = field(init=False)  # routers' SLI buckets (SQLite, not etcd)
     slos: SloEvaluator = field(init=False)
+    delivery: DeliveryController = field(init=False)  # canary rollouts, SLO degradation
     _maintainer: asyncio.Task[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -107,6 +109,16 @@ class ApiState:
             identity=self.settings.identity,
             interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
         )
+        self.delivery = DeliveryController(
+            self.store,
+            self.keys,
+            self.objects,
+            self.reports,
+            self.repo,
+            self.series,
+            identity=self.settings.identity,
+            interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.series.open)  # first: a bad --series-db fails at once
@@ -128,8 +140,10 @@ class ApiState:
         await self.controller.start()
         if self.settings.slo_interval_s > 0:
             await self.slos.start()
+            await self.delivery.start()
 
     async def stop(self) -> None:
+        await self.delivery.stop()
         await self.slos.stop()
         await self.controller.stop()
         for reports in self.reports.values():
