@@ -30,7 +30,8 @@ T = TypeVar("T")
 
 
 class InProcessApi:
-    def __init__(self, etcd: EmbeddedEtcd, series_db: Path) -> None:
+    def __init__(self, etcd: EmbeddedEtcd, series_db: Path, **settings: Any) -> None:
+        """`settings`: more `Settings` fields (e.g. `prometheus_url`)."""
         self.etcd = etcd
         self.token = new_token()
         self.prefix = f"/t-{uuid.uuid4().hex[:10]}"
@@ -43,6 +44,7 @@ class InProcessApi:
             identity=f"api-test@{port}",
             series_db=series_db,
             slo_interval_s=0,  # no timer: tests run passes with `evaluate`
+            **settings,
         )
         app = create_app(settings)
         self.state: ApiState = app.state.mesh

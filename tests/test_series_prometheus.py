@@ -12,13 +12,16 @@ import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from infermesh.store.etcd_server import EmbeddedEtcd
 from infermesh.store.series import SliceKey
 from infermesh.store.series_prometheus import PrometheusError, PrometheusSeries
+from tests.inprocess_api import InProcessApi
 
 _QUERY = re.compile(r"sum by \(([^)]*)\) \(increase\((\w+)\{([^}]*)\}\[(\d+)s\]\)\)")
 _MATCHER = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -134,3 +137,27 @@ def test_a_prometheus_error_is_raised_with_its_message(prometheus: str) -> None:
     source.close()
     with pytest.raises(PrometheusError, match=r"127\.0\.0\.1:9"):
         PrometheusSeries("http://127.0.0.1:9", timeout_s=2).window_totals([300], now=0.0)
+
+
+def test_an_api_given_a_prometheus_judges_slos_from_it(
+    prometheus: str, etcd: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    api = InProcessApi(
+        etcd, tmp_path / "series.sqlite", prometheus_url=prometheus, prometheus_project="shop"
+    )
+    try:
+        slo = {
+            "apiVersion": "v1",
+            "kind": "SLO",
+            "metadata": {"name": "chat-avail", "project": "shop"},
+            "spec": {"target": {"kind": "Endpoint", "name": "chat"}, "sli": "availability"},
+        }
+        with api.client() as http:
+            assert http.post("/v1/slos?project=shop", json=slo).status_code == 201
+            api.evaluate(1_800_000_000.0)
+            status = http.get("/v1/slos/chat-avail?project=shop").json()["status"]
+        five = next(w for w in status["windows"] if w["window"] == "5m")
+        # Prometheus's 5-minute increases: 105 requests, 2 of them 429s (left out), 3 5xx.
+        assert (five["good"], five["total"]) == (100, 103)
+    finally:
+        api.stop()

@@ -129,6 +129,18 @@ def up(
     metavar="SECONDS",
     help="How often the SLO evaluator judges every SLO (0: not in this API process).",
 )
+@click.option(
+    "--prometheus-url",
+    metavar="URL",
+    help="Judge SLOs and canaries from this Prometheus (it scrapes the routers' /metrics) "
+    "instead of the series store.",
+)
+@click.option(
+    "--prometheus-project",
+    default="default",
+    show_default=True,
+    help="The project the routers' Prometheus metrics belong to (they carry no project label).",
+)
 def api(
     etcd: str | None,
     host: str,
@@ -141,6 +153,8 @@ def api(
     series_max_mb: int,
     series_settle: int,
     slo_interval: float,
+    prometheus_url: str | None,
+    prometheus_project: str,
 ) -> None:
     """Run the control-plane API alone.
 
@@ -166,6 +180,8 @@ def api(
         series_max_bytes=series_max_mb << 20,
         series_settle_s=series_settle,
         slo_interval_s=slo_interval,
+        prometheus_url=prometheus_url,
+        prometheus_project=prometheus_project,
     )
 
 

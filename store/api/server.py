@@ -106,6 +106,8 @@ def serve(
     series_max_bytes: int = DEFAULT_MAX_BYTES,
     series_settle_s: int = DEFAULT_SETTLE_S,
     slo_interval_s: float = DEFAULT_INTERVAL_S,
+    prometheus_url: str | None = None,
+    prometheus_project: str = "default",
 ) -> None:
     """Run the API until interrupted."""
     settings = Settings(
@@ -120,6 +122,8 @@ def serve(
         series_max_bytes=series_max_bytes,
         series_settle_s=series_settle_s,
         slo_interval_s=slo_interval_s,
+        prometheus_url=prometheus_url,
+        prometheus_project=prometheus_project,
     )
     uvicorn.run(
         create_app(settings),

@@ -31,7 +31,9 @@ from infermesh.store.series import (
     SeriesStore,
     default_path,
 )
+from infermesh.store.series_prometheus import PrometheusSeries
 from infermesh.store.slo.evaluator import DEFAULT_INTERVAL_S, SloEvaluator
+from infermesh.store.slo.reader import WindowSource
 from infermesh.store.watch_cache import WatchCache, decode_json
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ class Settings:
     series_max_bytes: int = DEFAULT_MAX_BYTES
     series_settle_s: int = DEFAULT_SETTLE_S
     slo_interval_s: float = DEFAULT_INTERVAL_S  # 0: this API evaluates no SLOs
+    # SLOs and canaries judged from an existing Prometheus that scrapes the routers (one
+    # project's) instead of the series store; charts still read the series store.
+    prometheus_url: str | None = None
+    prometheus_project: str = "default"
 
 
 def _decode_principal(_: str, value: bytes, __: int) -> auth.Principal:
@@ -101,11 +107,16 @@ class ApiState:
             max_bytes=self.settings.series_max_bytes,
             settle_s=self.settings.series_settle_s,
         )
+        windows: WindowSource = self.series
+        if self.settings.prometheus_url:
+            windows = PrometheusSeries(
+                self.settings.prometheus_url, project=self.settings.prometheus_project
+            )
         self.slos = SloEvaluator(
             self.store,
             self.keys,
             self.objects,
-            self.series,
+            windows,
             identity=self.settings.identity,
             interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
         )
@@ -115,7 +126,7 @@ class ApiState:
             self.objects,
             self.reports,
             self.repo,
-            self.series,
+            windows,
             identity=self.settings.identity,
             interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
         )

@@ -42,10 +42,9 @@ from infermesh.store.election import LeaderElection
 from infermesh.store.etcd import EtcdStore, Op
 from infermesh.store.keys import KeyLayout
 from infermesh.store.repository import Obj, ObjectRepository, Stored
-from infermesh.store.series import SeriesStore
 from infermesh.store.slo.counts import Counts
 from infermesh.store.slo.evaluator import snapshot
-from infermesh.store.slo.reader import read_window_counts, select
+from infermesh.store.slo.reader import WindowSource, read_window_counts, select
 from infermesh.store.slo.status import iso
 from infermesh.store.watch_cache import WatchCache
 
@@ -90,7 +89,7 @@ class DeliveryController:
         objects: WatchCache[Stored],
         reports: dict[str, WatchCache[dict[str, Any]]],
         repo: ObjectRepository,
-        series: SeriesStore,
+        series: WindowSource,
         *,
         identity: str,
         interval_s: float,

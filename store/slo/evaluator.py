@@ -28,11 +28,10 @@ from infermesh.store.election import LeaderElection
 from infermesh.store.etcd import EtcdStore, LeaseNotFound, Op
 from infermesh.store.keys import KeyLayout
 from infermesh.store.repository import Stored
-from infermesh.store.series import SeriesStore
 from infermesh.store.slo.alerts import AlertState
 from infermesh.store.slo.counts import Counts
 from infermesh.store.slo.definitions import SloDefinition, definitions
-from infermesh.store.slo.reader import read_window_counts, select
+from infermesh.store.slo.reader import WindowSource, read_window_counts, select
 from infermesh.store.slo.status import (
     Decision,
     alert_states,
@@ -80,7 +79,7 @@ def snapshot(objects: WatchCache[Stored], keys: KeyLayout) -> list[SloDefinition
 
 
 def decide_all(
-    series: SeriesStore,
+    series: WindowSource,
     slos: list[SloDefinition],
     previous: Mapping[SloKey, Mapping[str, AlertState]],
     now: float,
@@ -115,7 +114,7 @@ class SloEvaluator:
         store: EtcdStore,
         keys: KeyLayout,
         objects: WatchCache[Stored],
-        series: SeriesStore,
+        series: WindowSource,
         *,
         identity: str,
         interval_s: float = DEFAULT_INTERVAL_S,

@@ -10,13 +10,29 @@ finest tier that holds it (a minute up to 3 hours back, 5 minutes up to a day, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
-from infermesh.store.series import SeriesStore, WindowTotals
+from infermesh.store.series_read import SliceKey as StoreSliceKey
+from infermesh.store.series_read import WindowTotals
 from infermesh.store.slo.burn import SliSpec, WindowBurn
 from infermesh.store.slo.counts import Counts, good_total
 from infermesh.store.slo.windows import Windows
+
+
+class WindowSource(Protocol):
+    """Where window totals come from: the series store (`SeriesStore`), or an existing
+    Prometheus (`PrometheusSeries`, `--prometheus-url`)."""
+
+    def window_totals(
+        self,
+        windows: Sequence[int],
+        *,
+        now: float,
+        project: str | None = None,
+        endpoint: str | None = None,
+    ) -> dict[StoreSliceKey, dict[int, WindowTotals]]: ...
+
 
 SliceKey = tuple[str, str, str]  # (endpoint, revision, domain)
 WindowCounts = dict[SliceKey, dict[str, Counts]]  # slice -> window name -> counts
@@ -34,7 +50,7 @@ def counts_of(totals: WindowTotals) -> Counts:
 
 
 def read_window_counts(
-    series: SeriesStore,
+    series: WindowSource,
     project: str,
     now: float,
     windows: Windows,
@@ -93,7 +109,7 @@ def timeline(
 
 
 def read_timeline(
-    series: SeriesStore,
+    series: WindowSource,
     project: str,
     filters: dict[str, str],
     since: int,
