@@ -4,6 +4,7 @@ then what users read: `GET /v1/slos`, the burn table and alerts, their events, t
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -325,3 +326,41 @@ def test_a_new_leader_carries_the_alerts_on_without_repeating_their_events(
         ]
     finally:
         api.run(successor.stop())
+
+
+def test_a_jobs_step_time_slo_breaches_and_recovers_with_its_job(mesh_api: InProcessApi) -> None:
+    project = f"train-{uuid.uuid4().hex[:6]}"
+    params = {"project": project}
+    job = {
+        "apiVersion": "v1",
+        "kind": "Job",
+        "metadata": {"name": "ft"},
+        "spec": {"parallelism": {"dp": 2, "tp": 2}, "slo": {"step_time_p95_ms": 500}},
+    }
+    key = mesh_api.state.keys.status("jobs", project, "ft")
+
+    def report(step_time_ms: float) -> None:
+        # What the scheduler writes for a running job (scheduler/jobstate.py).
+        status = {"phase": "Running", "stepTimeP95Ms": step_time_ms, "throughputTps": 900.0}
+        revision = mesh_api.run(mesh_api.state.store.put(key, json.dumps(status)))
+        assert mesh_api.run(mesh_api.state.reports["jobs"].wait_for(revision, timeout=10))
+
+    def slo(now: float) -> dict[str, Any]:
+        mesh_api.evaluate(now)
+        with mesh_api.client() as c:
+            return c.get("/v1/slos/ft-step-time", params=params).json()["status"]
+
+    with mesh_api.client() as c:
+        assert c.post("/v1/jobs", params=params, json=job).status_code == 201
+    t0 = time.time()
+    assert slo(t0)["reason"] == "NoData"  # not reported yet
+    report(800.0)
+    breached = slo(t0 + 10)
+    assert (breached["phase"], breached["reason"]) == ("Breaching", "StepTimeOverThreshold")
+    assert breached["message"] == "stepTimeP95Ms 800ms over the threshold 500ms"
+    report(300.0)
+    assert slo(t0 + 20)["phase"] == "OK"
+    with mesh_api.client() as c:
+        got = c.get("/v1/events", params={**params, "kind": "SLO", "name": "ft-step-time"})
+    reasons = [e["reason"] for e in got.json()["items"]]
+    assert reasons == ["SLORecovered", "SLOBreaching"]  # newest first

@@ -34,12 +34,9 @@ NOT_EVALUATED = {
     "message": "not evaluated yet: the API's SLO evaluator runs every --slo-interval seconds",
 }
 TRAINING = {
-    "phase": "Unknown",
+    "phase": "Pending",
     "reason": "NotEvaluated",
-    "message": (
-        "training SLOs are shown, not evaluated yet; the job's status has stepTimeP95Ms and "
-        "throughputTps"
-    ),
+    "message": "not evaluated yet: judged from the job's status every --slo-interval seconds",
 }
 SLOS = Owned("SLO", "slos", NOT_EVALUATED)
 _TRAINING_SLOS = Owned("SLO", "slos", TRAINING)
@@ -57,7 +54,7 @@ def served(state: ApiState, d: SloDefinition) -> Obj:
     """The SLO as `GET /v1/slos` shows it: its object with the evaluator's status."""
     report = state.reports["slos"].get(state.keys.status("slos", d.project, d.name))
     owned = SLOS if d.evaluated else _TRAINING_SLOS
-    view = owner_status.merged(owned, d.obj, report if d.evaluated else None, d.project, d.name)
+    view = owner_status.merged(owned, d.obj, report, d.project, d.name)
     assert view is not None  # there is an object
     view["status"]["implicit"] = d.implicit
     return view

@@ -119,6 +119,9 @@ class ApiState:
             windows,
             identity=self.settings.identity,
             interval_s=self.settings.slo_interval_s or DEFAULT_INTERVAL_S,
+            job_status=lambda project, job: self.reports["jobs"].get(
+                self.keys.status("jobs", project, job)
+            ),
         )
         self.delivery = DeliveryController(
             self.store,

@@ -13,8 +13,8 @@ objective 99, `ttft_ms` a p95 TTFT target (objective 95), `availability: 99.9` o
 | Endpoint `spec.slo.ttft_ms` | `<endpoint>-ttft` |
 | Endpoint `spec.slo.availability` | `<endpoint>-availability` |
 | Endpoint `spec.domains[].slo.*` | `<endpoint>-<domain>-...` (that domain's traffic) |
-| Job `spec.slo.step_time_p95_ms` | `<job>-step-time` (shown, not evaluated yet) |
-| Job `spec.slo.throughput_tps` | `<job>-throughput` (shown, not evaluated yet) |
+| Job `spec.slo.step_time_p95_ms` | `<job>-step-time` (judged from the job's status, training.py) |
+| Job `spec.slo.throughput_tps` | `<job>-throughput` (judged from the job's status, training.py) |
 
 A standalone SLO named like an implicit one replaces it.
 """

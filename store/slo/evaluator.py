@@ -40,6 +40,7 @@ from infermesh.store.slo.status import (
     should_write,
     window_percentiles,
 )
+from infermesh.store.slo.training import decide_training
 from infermesh.store.slo.windows import all_windows
 from infermesh.store.watch_cache import WatchCache
 
@@ -120,7 +121,9 @@ class SloEvaluator:
         interval_s: float = DEFAULT_INTERVAL_S,
         refresh_s: float = DEFAULT_REFRESH_S,
         clock: Callable[[], float] = time.time,
+        job_status: Callable[[str, str], Obj | None] = lambda _project, _name: None,
     ) -> None:
+        self._job_status = job_status  # (project, job) -> the scheduler's status of the job
         self._store = store
         self._keys = keys
         self._objects = objects
@@ -196,10 +199,14 @@ class SloEvaluator:
     async def _pass(self, now: float) -> PassResult:
         started = time.perf_counter()
         result = PassResult(now)
-        slos = [d for d in snapshot(self._objects, self._keys) if d.evaluated]
+        every = snapshot(self._objects, self._keys)
+        slos = [d for d in every if d.evaluated]
+        training = [
+            (d, self._job_status(d.project, d.target_name)) for d in every if d.target_kind == "Job"
+        ]
         previous = {(d.project, d.name): self._alerts.get((d.project, d.name), {}) for d in slos}
         # Reads, decisions and encoding in a worker thread: the API's loop keeps serving.
-        decided, writes = await asyncio.to_thread(self._decide, slos, previous, now)
+        decided, writes = await asyncio.to_thread(self._decide, slos, training, previous, now)
         result.evaluated = len(decided)
 
         groups: list[tuple[list[Op], Callable[[], None]]] = []
@@ -228,6 +235,7 @@ class SloEvaluator:
     def _decide(
         self,
         slos: list[SloDefinition],
+        training: list[tuple[SloDefinition, Obj | None]],
         previous: Mapping[SloKey, Mapping[str, AlertState]],
         now: float,
     ) -> tuple[
@@ -235,6 +243,10 @@ class SloEvaluator:
     ]:
         """Every SLO decided, and the statuses to write (key, encoded value), in a thread."""
         decided = decide_all(self._series, slos, previous, now)
+        for d, job in training:
+            before, _ = self._written.get(self._keys.status("slos", d.project, d.name), (None, 0))
+            status, events = decide_training(d, job, before, now)
+            decided.append((d, Decision(status, {}, events, None)))
         writes = []
         for d, decision in decided:
             key = self._keys.status("slos", d.project, d.name)

@@ -55,7 +55,7 @@ class Decision:
     status: Obj
     alerts: dict[str, AlertState]
     events: list[Obj]  # event records (store/committer.py), one per alert transition
-    table: BurnTable
+    table: BurnTable | None  # None: a training SLO (training.py)
 
 
 def window_percentiles(counts_by_window: Mapping[str, Counts]) -> dict[str, Obj]:
