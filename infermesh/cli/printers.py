@@ -252,11 +252,12 @@ def _artifacts(obj: Obj) -> str:
 
 def rollout_summary(status: Any) -> str:
     """`25% 2/4 Progressing`: an Endpoint's `status.rollout` in one cell (store/delivery)."""
-    if not isinstance(status, dict) or not status.get("canary"):
+    if not isinstance(status, dict) or not status:
         return "-"
-    steps = status.get("steps") or []
-    at = f" {status.get('step', -1) + 1}/{len(steps)}" if steps else ""
-    return f"{status.get('weight', 0)}%{at} {status.get('phase', '')}"
+    steps, step, weight = status.get("steps") or [], status.get("step"), status.get("weight")
+    where = f" {step + 1}/{len(steps)}" if steps and isinstance(step, int) else ""
+    head = f"{weight}%" if weight is not None else ""
+    return f"{head}{where} {status.get('phase') or ''}".strip() or "-"
 
 
 def _traffic_split(obj: Obj) -> str:
