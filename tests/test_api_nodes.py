@@ -103,6 +103,9 @@ def test_operator_state_outlives_the_agent(api: ApiServer, project: str) -> None
         assert node["spec"]["quarantine"]["reason"] == "ECC double-bit errors"
         assert node["spec"]["nodeClassRef"] == "cloud-h100"
         assert node["status"]["gpus"][0]["utilPct"] == 10.0
+        # Taking a node out of service is a Warning, so warnings-only views show it.
+        found = c.get("/v1/events", params={"project": project, "name": "gpu-2"}).json()
+        assert ("Quarantine", "Warning") in [(e["reason"], e["type"]) for e in found["items"]]
 
         agent.die()
         wait_until(

@@ -161,6 +161,11 @@ ACTIONS: dict[tuple[str, str], Action] = {
 }
 
 
+# Actions that take capacity or traffic away: their events are Warnings, so an operator who
+# filters for warnings sees them.
+WARNING_VERBS = frozenset({"drain", "quarantine", "rollback"})
+
+
 @router.post("/v1/{plural}/{name}:{verb}")
 async def act(plural: str, name: str, verb: str, request: Request) -> Response:
     state, principal, cls, project = authorized(request, plural, "write")
@@ -190,5 +195,6 @@ async def act(plural: str, name: str, verb: str, request: Request) -> Response:
         action=verb,
         reason=verb[:1].upper() + verb[1:],
         message=f"{cls.__name__} {name} {message}",
+        warning=verb in WARNING_VERBS,
     )
     return json_response(result.object)
