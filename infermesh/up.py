@@ -77,6 +77,7 @@ class Plan:
     router_port: int = 0
     scheduler_port: int = 0  # the scheduler's /metrics (and readiness)
     dask_port: int = 0  # the local Dask cluster's scheduler
+    dashboard_port: int = 0  # the Streamlit dashboard; 0: none (--no-dashboard)
 
     @property
     def dask_address(self) -> str:
@@ -175,6 +176,19 @@ def services(plan: Plan) -> list[Service]:
                 url=plan.dask_address,
             )
         )
+    if plan.dashboard_port:  # a client of the API like any other: started last, stopped first
+        dashboard_url = f"http://127.0.0.1:{plan.dashboard_port}"
+        argv = [*python, "--api", plan.api_url, "-p", plan.project, "dashboard"]
+        argv += ["--address", "127.0.0.1", "--port", str(plan.dashboard_port)]
+        out.append(
+            Service(
+                "dashboard",
+                argv,
+                env={"INFERMESH_TOKEN": plan.token},
+                ready_url=f"{dashboard_url}/_stcore/health",
+                url=dashboard_url,
+            )
+        )
     return out
 
 
@@ -194,6 +208,7 @@ def make_plan(
     nodes: int | None = None,
     project: str = "default",
     fleet_file: Path | None = None,
+    dashboard: bool = True,
 ) -> Plan:
     etcd_dir = home / "etcd"
     reused = bool(etcd) or (etcd_dir / "data").exists()
@@ -215,6 +230,7 @@ def make_plan(
         project=project,
         router_port=8090 if port_is_free(8090) else free_port(),
         fleet_file=fleet_file,
+        dashboard_port=(8501 if port_is_free(8501) else free_port()) if dashboard else 0,
     )
 
 
@@ -377,17 +393,19 @@ def run(
     project: str | None = None,
     nodes: int | None = None,
     fleet_file: Path | None = None,
+    dashboard: bool = True,
 ) -> int:
     """Run the local mesh until SIGINT/SIGTERM (exit 0) or a child's death (exit 1).
 
     `etcd`: endpoints of an etcd to use instead of starting one; `project`: the context's
     project (default: the one the context file already names, else `default`); `nodes`: the
     simulated fleet's size (None: the fleet file's own counts; 0: no fleet); `fleet_file`: a
-    fleet file instead of the built-in 8-node fleet."""
+    fleet file instead of the built-in 8-node fleet; `dashboard`: start the Streamlit
+    dashboard too."""
     home.mkdir(parents=True, exist_ok=True)
     previous = read_context_file(context_path(home))
     project = project or (previous.project if previous else None) or "default"
-    plan = make_plan(home, etcd, api_port, nodes, project, fleet_file)
+    plan = make_plan(home, etcd, api_port, nodes, project, fleet_file, dashboard)
     sup = Supervisor(plan)
     with sup.signals():
         try:

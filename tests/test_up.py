@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,8 +134,12 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         assert ctx["token"] and ctx["etcd_endpoints"] and ctx["router_url"]
         assert (home / "context.json").stat().st_mode & 0o777 == 0o600
         assert httpx.get(f"{ctx['api_url']}/readyz").status_code == 200
-        # etcd, the API, the router, the simulated fleet and the scheduler (with its Dask cluster)
-        assert len(children_of(up.proc.pid, depth=1)) == 5
+        # etcd, the API, the router, the simulated fleet, the scheduler (with its Dask cluster)
+        # and the dashboard, whose URL the banner lists and which answers its health check
+        assert len(children_of(up.proc.pid, depth=1)) == 6
+        dashboard = re.search(r"dashboard\s.*?(http://127\.0\.0\.1:\d+)", up.output())
+        assert dashboard is not None, up.output()
+        assert httpx.get(f"{dashboard[1]}/_stcore/health").text == "ok"
         children = children_of(up.proc.pid)
         assert ctx["token"] not in up.output()  # the token is never printed
 

@@ -41,6 +41,7 @@ def split_endpoints(value: str) -> list[str]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Fleet file: its nodes, and the Domains and NodeClasses they need (default: built-in).",
 )
+@click.option("--no-dashboard", is_flag=True, help="Do not start the Streamlit dashboard.")
 @pass_state
 def up(
     state: CliState,
@@ -49,6 +50,7 @@ def up(
     home: Path | None,
     nodes: int | None,
     fleet_file: Path | None,
+    no_dashboard: bool,
 ) -> None:
     """Run a whole local mesh until Ctrl-C.
 
@@ -61,6 +63,7 @@ def up(
         project=state.project,
         nodes=nodes,
         fleet_file=fleet_file.resolve() if fleet_file else None,
+        dashboard=not no_dashboard,
     )
     raise SystemExit(code)
 
@@ -185,4 +188,33 @@ def api(
     )
 
 
-COMMANDS = [up, api]
+@click.command()
+@click.option(
+    "--api", "api_url", metavar="URL", help="Control-plane API URL (default: the context's)."
+)
+@click.option("--token", help="API token (default: the context's; env INFERMESH_TOKEN).")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0 shows the dashboard to the network).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@pass_state
+def dashboard(
+    state: CliState, api_url: str | None, token: str | None, address: str, port: int
+) -> None:
+    """Run the Streamlit SLO dashboard (headless, no usage statistics).
+
+    It talks to the control-plane API only, with the context's token (or --token), which
+    reaches it through the environment, never the command line."""
+    from infermesh.context import load_context
+    from infermesh.dashboard import launch  # streamlit: only when serving
+
+    ctx = load_context(api=api_url or state.api, token=token or state.token, project=state.project)
+    argv = launch.streamlit_argv(address, port)
+    click.echo(f"InferMesh dashboard on {launch.url(address, port)} (API {ctx.api_url})", err=True)
+    os.execve(argv[0], argv, launch.streamlit_env(ctx))
+
+
+COMMANDS = [up, api, dashboard]
