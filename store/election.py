@@ -182,3 +182,32 @@ class LeaderElection:
                     if event.key == self.key:
                         return True
         return False  # not reached: a watch only ends with a RESYNC
+
+
+class ElectedLoop:
+    """Base of the control-plane loops that act only while they lead (the reference controller,
+    the SLO evaluator, the delivery controller): `start` runs `_run` as a task, `stop` cancels it
+    and resigns, so a standby takes over at once instead of after the lease's TTL."""
+
+    def __init__(self, election: LeaderElection, name: str) -> None:
+        self._election = election
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._election.is_leader
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._election.resign()

@@ -9,14 +9,13 @@ Model is applied later, or deleted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 
 from infermesh.errors import MeshError
 from infermesh.model import parse_object
 from infermesh.references import references_of
-from infermesh.store.election import LeaderElection
+from infermesh.store.election import ElectedLoop, LeaderElection
 from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import KeyLayout
 from infermesh.store.repository import Obj, ObjectRepository, Stored, declared, refs_condition
@@ -28,31 +27,23 @@ ACTOR = "system:reference-controller"
 RefKey = tuple[str, str, str]  # (kind, project, name as referred to)
 
 
-class ReferenceController:
+class ReferenceController(ElectedLoop):
     def __init__(
         self, store: EtcdStore, keys: KeyLayout, repo: ObjectRepository, *, identity: str
     ) -> None:
+        election = LeaderElection(store, keys.election("reference-controller"), identity)
+        super().__init__(election, "reference-controller")
         self._repo = repo
-        self._election = LeaderElection(store, keys.election("reference-controller"), identity)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._refers: dict[RefKey, set[str]] = defaultdict(set)  # referred-to -> referrer keys
         self._refs_of: dict[str, list[RefKey]] = {}
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for key, stored in self._repo.cache.items():
             self._index(key, stored.obj)
         self._repo.cache.add_listener(self._on_change)
-        self._task = asyncio.create_task(self._run(), name="reference-controller")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._election.resign()
+        await super().start()
 
     # feeding the queue -----------------------------------------------------------------------
     def _on_change(self, change: Change[Stored]) -> None:

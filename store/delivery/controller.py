@@ -38,7 +38,7 @@ from infermesh.store import split_actions as actions
 from infermesh.store.committer import EventLease, event_record
 from infermesh.store.delivery import degrade, rollout
 from infermesh.store.delivery.analysis import Verdict, judge
-from infermesh.store.election import LeaderElection
+from infermesh.store.election import ElectedLoop, LeaderElection
 from infermesh.store.etcd import EtcdStore, Op
 from infermesh.store.keys import KeyLayout
 from infermesh.store.repository import Obj, ObjectRepository, Stored
@@ -81,7 +81,7 @@ class _Plan:
     degrade_event: tuple[str, str, bool] | None
 
 
-class DeliveryController:
+class DeliveryController(ElectedLoop):
     def __init__(
         self,
         store: EtcdStore,
@@ -97,24 +97,12 @@ class DeliveryController:
     ) -> None:
         self._store, self._keys, self._objects = store, keys, objects
         self._reports, self._repo, self._series = reports, repo, series
-        self._election = LeaderElection(store, keys.election("delivery"), identity)
+        super().__init__(LeaderElection(store, keys.election("delivery"), identity), "delivery")
         self._events = EventLease(store)
         self.interval_s = interval_s
         self.clock = clock
         self._written: dict[str, tuple[Obj, float]] = {}
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="delivery")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._election.resign()
 
     async def run_once(self, now: float | None = None) -> DeliveryPass:
         """One pass at `now` (default: the clock), leading first if this instance does not."""

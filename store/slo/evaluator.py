@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infermesh.store.committer import EventLease
-from infermesh.store.election import LeaderElection
+from infermesh.store.election import ElectedLoop, LeaderElection
 from infermesh.store.etcd import EtcdStore, LeaseNotFound, Op
 from infermesh.store.keys import KeyLayout
 from infermesh.store.repository import Stored
@@ -109,7 +109,7 @@ def decide_all(
     return out
 
 
-class SloEvaluator:
+class SloEvaluator(ElectedLoop):
     def __init__(
         self,
         store: EtcdStore,
@@ -128,7 +128,9 @@ class SloEvaluator:
         self._keys = keys
         self._objects = objects
         self._series = series
-        self._election = LeaderElection(store, keys.election("slo-evaluator"), identity)
+        super().__init__(
+            LeaderElection(store, keys.election("slo-evaluator"), identity), "slo-evaluator"
+        )
         self._events = EventLease(store)
         self.interval_s = interval_s
         self.refresh_s = refresh_s
@@ -136,22 +138,6 @@ class SloEvaluator:
         self._alerts: dict[SloKey, dict[str, AlertState]] = {}
         self._written: dict[str, tuple[Obj, float]] = {}  # status key -> (status, written at)
         self._lock = asyncio.Lock()  # one pass at a time
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def is_leader(self) -> bool:
-        return self._election.is_leader
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="slo-evaluator")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._election.resign()
 
     async def evaluate_once(self, now: float | None = None) -> PassResult:
         """One pass at `now` (default: the clock), leading first if this instance does not."""
