@@ -5,6 +5,7 @@ confirmation, checked through the API afterwards."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,15 @@ TITLES = {
 }
 
 App = Callable[..., AppTest]
+
+
+@pytest.fixture(autouse=True)
+def keep_main() -> Iterator[None]:
+    """AppTest runs the page as `__main__` and leaves it there; a process spawned later (a Dask
+    Nanny's worker) would then run the dashboard as its main module. Put ours back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="module")
