@@ -6,8 +6,9 @@ of them share one event loop, one etcd connection, one lease and one watch of th
 so a 2-core machine can hold a realistic fleet.
 
 A fleet file is YAML: one `kind: Fleet` document (groups of identical nodes) and the ordinary
-objects those nodes need (Domains, NodeClasses, Models), which the fleet applies through the API
-before its nodes start. `agent/fleets/default.yaml` is the fleet `infermesh up` runs.
+objects those nodes need (Domains, NodeClasses, Models), which the fleet creates through the API
+before its nodes start (only those missing: operators' later changes survive a restart).
+`agent/fleets/default.yaml` is the fleet `infermesh up` runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from infermesh.agent.sim.server import RunningSim, start
 from infermesh.agent.sim.simulator import SimConfig
 from infermesh.agent.sim.wan import DEFAULT_RTT_MS, Location, Wan
 from infermesh.client import AsyncMeshClient
-from infermesh.errors import Invalid
+from infermesh.errors import Invalid, NotFound
 from infermesh.manifest import load_documents, parse_documents
 from infermesh.model import LinkClass, Name, Resource, StrictModel
 from infermesh.store.etcd import EtcdStore
@@ -150,8 +151,11 @@ class SimulatedFleet:
         self.nodes: list[FleetNode] = []
 
     async def start(self) -> None:
-        if self.fleet.objects:
-            objects = [o.to_dict() for o in self.fleet.objects]
+        # The file's objects are defaults: created when missing, never re-applied over what
+        # operators have since changed (a traffic split, pins, a drain) when the fleet restarts.
+        missing = [o for o in self.fleet.objects if not await self._exists(o)]
+        if missing:
+            objects = [o.to_dict() for o in missing]
             for obj in objects:  # the fleet's project, whatever the file says
                 obj["metadata"]["project"] = self._project
             await self._client.apply(objects, project=self._project)
@@ -163,6 +167,13 @@ class SimulatedFleet:
                 seed += 1
                 self.nodes.append(await self._start_node(group, f"{group.name}-{i}", seed))
         log.info("fleet: %d nodes up", len(self.nodes))
+
+    async def _exists(self, obj: Resource) -> bool:
+        try:
+            found = await self._client.get(obj.plural, obj.metadata.name, project=self._project)
+        except NotFound:
+            return False
+        return bool(found["metadata"].get("uid"))  # a built-in strategy is shown, not stored
 
     async def _start_node(self, group: FleetGroup, name: str, seed: int) -> FleetNode:
         wan = Wan(

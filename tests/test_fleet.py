@@ -126,3 +126,29 @@ async def test_a_request_from_another_region_pays_the_round_trip() -> None:
             assert far.headers["X-InferMesh-Link-Class"] == "inter-region"
     finally:
         await sim.stop()
+
+
+async def test_a_restarted_fleet_keeps_what_operators_changed(api: ApiServer, project: str) -> None:
+    async with EtcdStore(api.etcd.endpoints) as store:
+        client = AsyncMeshClient(api.url, api.token, project=project)
+
+        def fleet() -> SimulatedFleet:
+            return SimulatedFleet(
+                load_fleet(), store, client, project=project, etcd_prefix=api.prefix, nodes=1
+            )
+
+        first = fleet()
+        try:
+            await first.start()
+            model = (await client.get("endpoints", "chat-pro"))["spec"]["modelRef"]
+            split = [{"modelRef": model, "weight": 90}, {"modelRef": "chat-70b@fp8", "weight": 10}]
+            await client.action("endpoints", "chat-pro", "trafficSplit", {"split": split})
+        finally:
+            await first.stop()
+        again = fleet()
+        try:
+            await again.start()  # its file's chat-pro has no split: it must not come back
+            assert (await client.get("endpoints", "chat-pro"))["spec"]["trafficSplit"] == split
+        finally:
+            await again.stop()
+            await client.aclose()
