@@ -210,3 +210,28 @@ async def test_a_page_alert_switches_hedging_on_and_off(
     reasons = {e["reason"] for e in await events(mesh, slo)}
     assert {"SLOAlertFiring", "SLOAlertResolved"} <= reasons
     await mesh.reset()
+
+
+async def test_a_split_changed_by_hand_shows_in_the_status_at_once(
+    mesh: RouterMesh, mesh_api: InProcessApi
+) -> None:
+    name = await mesh.endpoint(trafficSplit=SPLIT_25)
+    delivery = mesh_api.state.delivery
+    interval, delivery.interval_s = delivery.interval_s, 3600.0  # no timer: only the change
+    mesh_api.run(delivery.start())
+
+    async def phase() -> str | None:
+        return ((await endpoint(mesh, name))["status"].get("rollout") or {}).get("phase")
+
+    try:
+        async with asyncio.timeout(10):
+            while await phase() != "Manual":  # a split without a rollout policy: shown
+                await asyncio.sleep(0.2)
+        await mesh.client.rollback(name)
+        async with asyncio.timeout(10):
+            while await phase() != "RolledBack":
+                await asyncio.sleep(0.2)
+    finally:
+        mesh_api.run(delivery.stop())
+        delivery.interval_s = interval
+    await mesh.reset()

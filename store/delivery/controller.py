@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "system:delivery"
 REFRESH_S = 30.0  # an unchanged status is rewritten at most this often (fresh numbers)
+DEBOUNCE_S = 0.5
 
 
 @dataclass
@@ -103,6 +104,11 @@ class DeliveryController(ElectedLoop):
         self.clock = clock
         self._written: dict[str, tuple[Obj, float]] = {}
         self._lock = asyncio.Lock()
+        # An Endpoint or Policy change wakes the loop: a split set by hand shows in the
+        # rollout status at once, not an interval later.
+        self._changed = asyncio.Event()
+        watched = (keys.objects("endpoints"), keys.objects("policies"))
+        objects.add_listener(lambda c: c.key.startswith(watched) and self._changed.set())
 
     async def run_once(self, now: float | None = None) -> DeliveryPass:
         """One pass at `now` (default: the clock), leading first if this instance does not."""
@@ -116,14 +122,28 @@ class DeliveryController(ElectedLoop):
         while True:
             try:
                 await self.run_once()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._election.lost.wait(), self.interval_s)
+                await self._pause()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the loop must outlive any one failure
                 log.warning("delivery controller: %s; retrying", exc, exc_info=True)
                 await self._election.resign()
                 await asyncio.sleep(1)
+
+    async def _pause(self) -> None:
+        """Until the interval is over, an Endpoint or Policy changes, or leadership is lost."""
+        waits = [
+            asyncio.ensure_future(self._changed.wait()),
+            asyncio.ensure_future(self._election.lost.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if self._changed.is_set():
+            await asyncio.sleep(DEBOUNCE_S)  # a burst of changes: one pass
+            self._changed.clear()
 
     # one pass ------------------------------------------------------------------------------
     async def _pass(self, now: float) -> DeliveryPass:
