@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import slo_data  # bench/ is on sys.path when run as a script
+from dashboard_screens import CHROMIUM, CHROMIUM_ARGS
 from harness import ROOT, Child, http_ready, machine_facts, wait_until_idle, write_report
 
 from infermesh.dashboard import APP, launch
@@ -54,16 +55,6 @@ from infermesh.store.series import SeriesStore
 
 TARGET_S = 2.0
 PROJECT = "bench"  # the project slo_data's series belong to
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # Page, its script, its URL path (the SLOs page is the app's root), its title.
 PAGES = (
     ("slos", "views/slos.py", "", "SLOs"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from infermesh.dashboard.slo_data import dig
+from infermesh.cli.printers import dig
 
 Obj = dict[str, Any]
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from infermesh.cli.printers import age, condition, node_status
-from infermesh.dashboard.slo_data import dig
+from infermesh.cli.printers import age, condition, dig, node_status
 
 Obj = dict[str, Any]
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from infermesh.cli.printers import age
-from infermesh.dashboard.slo_data import dig
+from infermesh.cli.printers import age, dig
 
 Obj = dict[str, Any]
 

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from infermesh.cli import slo_format
+from infermesh.cli.printers import dig
 from infermesh.humanize import format_duration
 from infermesh.sli import parse_duration
 
@@ -25,14 +26,6 @@ BUCKETS: tuple[tuple[float, str, str], ...] = (
 NO_DATA = ("no data", "#9e9e9e")
 PHASE_ORDER = {"Breaching": 0, "Warning": 1, "Pending": 2, "Unknown": 3, "OK": 4}
 PHASE_COLOURS = {"Breaching": "#d62728", "Warning": "#f07c1b", "OK": "#2e9e5b", "firing": "#d62728"}
-
-
-def dig(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)
-    return obj
 
 
 def budget_bucket(remaining: float | None) -> tuple[str, str]:

@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from infermesh.cli import slo_format
+from infermesh.cli.printers import dig
 from infermesh.dashboard import charts, series_data, session, slo_data, widgets
-from infermesh.dashboard.slo_data import dig
 from infermesh.dashboard.timerange import TimeRange, step_for
 from infermesh.sli import parse_duration
 
