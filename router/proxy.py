@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from infermesh.errors import BadGateway
 from infermesh.router.replica import Replica
+from infermesh.router.upstream import UpstreamPool, UpstreamResponse
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -34,7 +33,7 @@ class UpstreamFailure(Exception):
 @dataclass(eq=False)
 class Attempt:
     replica: Replica
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     first: bytes
     started: float
     first_at: float
@@ -52,7 +51,7 @@ class Attempt:
 
     async def rest(self) -> AsyncIterator[bytes]:
         """The body after the first chunk, as it arrives."""
-        async for chunk in self.response.content.iter_any():
+        async for chunk in self.response.iter_any():
             yield chunk
 
     def close(self) -> None:
@@ -82,7 +81,7 @@ class RaceResult:
 
 
 async def open_attempt(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     replica: Replica,
     path: str,
     body: bytes,
@@ -95,18 +94,18 @@ async def open_attempt(
     the attempt is over (its body read, or closed)."""
     started = time.monotonic()
     try:
-        response = await session.post(replica.url + path, data=body, headers=headers)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        response = await pool.post(replica.url, path, body, headers)
+    except OSError as exc:
         raise UpstreamFailure(replica, f"could not reach the runtime: {exc!s}") from None
     try:
         if response.status in RETRYABLE_STATUS:
             text = (await response.read())[:300].decode(errors="replace")
             raise UpstreamFailure(replica, f"HTTP {response.status}: {text}", response.status)
-        first = await response.content.readany()
+        first = await response.read_some()
     except UpstreamFailure:
         response.close()
         raise
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+    except OSError as exc:
         response.close()
         raise UpstreamFailure(replica, f"connection lost before the first byte: {exc!s}") from None
     except BaseException:  # cancelled: this attempt lost the race or the client left

@@ -1,8 +1,9 @@
 """The router's HTTP front: `POST /v1/endpoint/{name}:invoke`, the OpenAI routes, `/metrics`.
 
-aiohttp both ways: a lean server and a pooled keep-alive client, so a streamed chunk goes from the
-runtime to the caller with one read and one write. Handlers stay thin: authenticate, parse, then
-`RouterService` decides and forwards; this module only moves bytes and maps errors to JSON.
+aiohttp's server in front, the router's own keep-alive client (upstream.py) behind, so a
+streamed chunk goes from the runtime to the caller with one read and one write. Handlers stay
+thin: authenticate, parse, then `RouterService` decides and forwards; this module only moves
+bytes and maps errors to JSON.
 """
 
 from __future__ import annotations
@@ -288,8 +289,9 @@ class RouterApp:
         """Copy the winner's answer to the caller as it arrives; keep it for Idempotency-Key."""
         response = web.StreamResponse(status=winner.status)
         for name in PASS_HEADERS:
-            if name in winner.response.headers:
-                response.headers[name] = winner.response.headers[name]
+            value = winner.response.header(name)
+            if value is not None:
+                response.headers[name] = value
         response.headers["X-InferMesh-Target"] = winner.replica.node
         response.headers["X-InferMesh-Strategy"] = plan.strategy
         response.headers["X-InferMesh-Revision"] = plan.revision
@@ -309,7 +311,7 @@ class RouterApp:
                     keep.append(chunk)
                 try:
                     chunk = await anext(rest, None)
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                except OSError as exc:
                     # After the first byte there is no retry: end the stream with an error event.
                     outcome.status = 502
                     tail = _stream_error(f"the runtime on {winner.replica.node} failed: {exc!s}")

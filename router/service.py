@@ -40,6 +40,7 @@ from infermesh.router.strategies.base import (
 )
 from infermesh.router.strategies.network import link_class_name, origin_network
 from infermesh.router.strategies.registry import StrategyError, StrategyRegistry
+from infermesh.router.upstream import UpstreamPool
 from infermesh.router.view import MAX_REPLICAS, Route, RouterView
 
 
@@ -83,20 +84,16 @@ class RouterService:
         self.idempotency = IdempotencyStore()
         self.splits = Splits()
         self.signals = Signals(settings.name)
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream = UpstreamPool()  # to runtimes: the request path
+        self.session: aiohttp.ClientSession | None = None  # to the control plane
         self._tiers: dict[tuple[int, str], CandidateSet] = {}
         self._tiers_generation = -1
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0))
 
     async def stop(self) -> None:
+        await self.upstream.close()
         if self.session is not None:
             await self.session.close()
 
@@ -288,8 +285,7 @@ class RouterService:
 
     # forward -----------------------------------------------------------------------------
     async def forward(self, plan: Plan, inv: Invocation) -> RaceResult:
-        assert self.session is not None, "RouterService.start() first"
-        session = self.session
+        upstream = self.upstream
         body = json.dumps({**inv.body, "model": plan.revision}).encode()
         headers = {"Content-Type": "application/json"}
         if inv.traceparent:
@@ -309,7 +305,7 @@ class RouterService:
 
         def finished(attempt: Attempt) -> None:
             inflight[attempt.replica.slot] -= 1
-            if attempt.status < 400 and attempt.response.content.at_eof():  # a whole answer
+            if attempt.status < 400 and attempt.response.at_eof():  # a whole answer
                 now = time.monotonic()
                 speed.finished(attempt.replica.slot, (now - attempt.first_at) * 1e3, now)
 
@@ -320,7 +316,7 @@ class RouterService:
             starting[slot] += 1
             try:
                 opened = await open_attempt(
-                    session,
+                    upstream,
                     replica,
                     inv.upstream_path,
                     body,
