@@ -1,6 +1,6 @@
 """The router's HTTP front: `POST /v1/endpoint/{name}:invoke`, the OpenAI routes, `/metrics`.
 
-aiohttp's server in front, the router's own keep-alive client (upstream.py) behind, so a
+The router's own HTTP/1.1 server in front (ingress.py) and client behind (upstream.py), so a
 streamed chunk goes from the runtime to the caller with one read and one write. Handlers stay
 thin: authenticate, parse, then `RouterService` decides and forwards; this module only moves
 bytes and maps errors to JSON.
@@ -15,8 +15,6 @@ import logging
 import socket
 import time
 
-import aiohttp
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import ServerSentEvent
 
@@ -26,13 +24,13 @@ from infermesh.errors import (
     Forbidden,
     Invalid,
     MeshError,
-    PayloadTooLarge,
     Unauthorized,
 )
 from infermesh.model import Endpoint
 from infermesh.model.policy import IdempotencyPolicy
 from infermesh.router.admission import Rejected
 from infermesh.router.idempotency import StoredResponse, fingerprint
+from infermesh.router.ingress import Ingress, Reply, Request, Routes
 from infermesh.router.invocation import Invocation, Kind, kind_of, parse_body, read_stream
 from infermesh.router.proxy import Attempt
 from infermesh.router.service import Plan, RouterService, RouterSettings
@@ -46,70 +44,63 @@ PASS_HEADERS = ("Content-Type", "X-Request-Id")
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: MeshError) -> web.Response:
+def send_error(reply: Reply, exc: MeshError) -> None:
     headers = {}
     if isinstance(exc, Rejected):
         headers["Retry-After"] = str(exc.retry_after_s)
-    return web.json_response(exc.to_json(), status=exc.status, headers=headers)
+    reply.send_json(exc.status, exc.to_json(), headers)
 
 
 class RouterApp:
-    """The aiohttp application around one `RouterService`."""
+    """The routes around one `RouterService`."""
 
     def __init__(self, service: RouterService) -> None:
         self.service = service
         self.view = service.view
-        app = web.Application(client_max_size=service.settings.max_body_bytes + 1024)
-        app.add_routes(
-            [
-                web.post("/v1/endpoint/{name}:invoke", self.invoke),
-                web.post("/v1/chat/completions", self.chat),
-                web.post("/v1/completions", self.completions),
-                web.get("/v1/models", self.models),
-                web.get("/metrics", self.metrics),
-                web.get("/healthz", self.healthz),
-                web.get("/readyz", self.healthz),
-            ]
-        )
-        self.app = app
+        routes = Routes()
+        routes.add("POST", "/v1/endpoint/{name}:invoke", self.invoke)
+        routes.add("POST", "/v1/chat/completions", self.chat)
+        routes.add("POST", "/v1/completions", self.completions)
+        routes.add("GET", "/v1/models", self.models)
+        routes.add("GET", "/metrics", self.metrics)
+        routes.add("GET", "/healthz", self.healthz)
+        routes.add("GET", "/readyz", self.healthz)
+        self.routes = routes
 
     # routes ------------------------------------------------------------------------------
-    async def invoke(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, None, request.match_info["name"])
+    async def invoke(self, request: Request, reply: Reply) -> None:
+        await self._serve(request, reply, None, request.match)
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "chat", None)
+    async def chat(self, request: Request, reply: Reply) -> None:
+        await self._serve(request, reply, "chat", None)
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "completion", None)
+    async def completions(self, request: Request, reply: Reply) -> None:
+        await self._serve(request, reply, "completion", None)
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: Request, reply: Reply) -> None:
         try:
             principal = self._principal(request)
             project = self._project(request, principal)
             self._may_see(principal, project)
         except MeshError as exc:
-            return error_response(exc)
+            send_error(reply, exc)
+            return
         data = [
             {"id": e.metadata.name, "object": "model", "created": 0, "owned_by": project}
             for e in self.view.objects("endpoints", project)
         ]
-        return web.json_response({"object": "list", "data": data})
+        reply.send_json(200, {"object": "list", "data": data})
 
-    async def metrics(self, _: web.Request) -> web.Response:
-        registry = self.service.signals.registry
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def metrics(self, _: Request, reply: Reply) -> None:
+        reply.send(200, generate_latest(self.service.signals.registry), CONTENT_TYPE_LATEST)
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.json_response(
-            {"ok": True, "stale": self.view.stale, "generation": self.view.generation}
-        )
+    async def healthz(self, _: Request, reply: Reply) -> None:
+        status = {"ok": True, "stale": self.view.stale, "generation": self.view.generation}
+        reply.send_json(200, status)
 
     # auth --------------------------------------------------------------------------------
-    def _principal(self, request: web.Request) -> auth.Principal | None:
-        header = request.headers.get("Authorization")
+    def _principal(self, request: Request) -> auth.Principal | None:
+        header = request.header("Authorization")
         if header is None:
             return None
         scheme, _, token = header.partition(" ")
@@ -120,8 +111,8 @@ class RouterApp:
             raise Unauthorized("invalid or revoked token")
         return principal
 
-    def _project(self, request: web.Request, principal: auth.Principal | None) -> str:
-        project = request.headers.get("X-InferMesh-Project")
+    def _project(self, request: Request, principal: auth.Principal | None) -> str:
+        project = request.header("X-InferMesh-Project")
         if project:
             return project
         if principal is not None:
@@ -149,20 +140,14 @@ class RouterApp:
 
     # the request path --------------------------------------------------------------------
     async def _serve(
-        self, request: web.Request, route_kind: Kind | None, name: str | None
-    ) -> web.StreamResponse:
+        self, request: Request, reply: Reply, route_kind: Kind | None, name: str | None
+    ) -> None:
         started = time.monotonic()
-        limit = self.service.settings.max_body_bytes
         outcome: Outcome | None = None
         try:
             principal = self._principal(request)
-            if request.content_length is not None and request.content_length > limit:
-                raise PayloadTooLarge(
-                    f"request body is {request.content_length} bytes; the limit is {limit}",
-                    {"limit": limit, "size": request.content_length},
-                )
-            raw = await request.read()
-            body = parse_body(raw, limit)
+            raw = request.body  # the ingress refused one over the limit (413)
+            body = parse_body(raw, self.service.settings.max_body_bytes)
             kind = kind_of(body, route_kind)
             if name is None:
                 name = body.get("model")
@@ -180,23 +165,24 @@ class RouterApp:
                 kind=kind,
                 body=body,
                 stream=read_stream(body),
-                idempotency_key=request.headers.get("Idempotency-Key"),
-                domain_hint=request.headers.get("X-Domain-Hint"),
-                traceparent=request.headers.get("traceparent"),
-                session=request.headers.get("X-Session-Id"),
-                explain=request.headers.get("X-InferMesh-Explain", "") in ("1", "true"),
+                idempotency_key=request.header("Idempotency-Key"),
+                domain_hint=request.header("X-Domain-Hint"),
+                traceparent=request.header("traceparent"),
+                session=request.header("X-Session-Id"),
+                explain=request.header("X-InferMesh-Explain") in ("1", "true"),
                 fingerprint=fingerprint(raw),
             )
             outcome = Outcome(project, name, "", "", tenant, 0, 0.0)
             if inv.explain:
                 plan = self.service.plan(inv, endpoint, tenant)
-                return web.json_response(self.service.explain(plan))
-            return await self._admitted(request, inv, endpoint, tenant, outcome)
+                reply.send_json(200, self.service.explain(plan))
+                return
+            await self._admitted(reply, inv, endpoint, tenant, outcome)
         except MeshError as exc:
             if outcome is not None:
                 outcome.status = exc.status
                 outcome.rejected = exc.details.get("limit") if exc.status == 429 else None
-            return error_response(exc)
+            send_error(reply, exc)
         finally:
             if outcome is not None and outcome.status:
                 outcome.latency_s = time.monotonic() - started
@@ -204,12 +190,12 @@ class RouterApp:
 
     async def _admitted(
         self,
-        request: web.Request,
+        reply: Reply,
         inv: Invocation,
         endpoint: Endpoint,
         tenant: str,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> None:
         service = self.service
         route_policy = service.view.route(inv.project, endpoint, endpoint.spec.modelRef).policy
         scope = (tenant, f"{inv.project}/{inv.endpoint}")
@@ -217,7 +203,8 @@ class RouterApp:
             stored = await self._idempotent(inv, scope, route_policy.idempotency)
             if stored is not None:  # the first call's answer: replay it, run nothing
                 outcome.status = 0  # a replay is not a new request
-                return await _replay(request, stored)
+                await _replay(reply, stored)
+                return
         key = f"{inv.project}/{inv.endpoint}"
         inflight = service.signals.inflight.labels(inv.endpoint)
         ticket = None
@@ -246,7 +233,7 @@ class RouterApp:
             outcome.hedge_won = winner.hedge
             outcome.status = winner.status
             outcome.prompt_tokens = inv.prompt_tokens_estimate()
-            return await self._relay(request, inv, plan, winner, outcome, scope)
+            await self._relay(reply, inv, plan, winner, outcome, scope)
         finally:
             release()
 
@@ -279,33 +266,33 @@ class RouterApp:
 
     async def _relay(
         self,
-        request: web.Request,
+        reply: Reply,
         inv: Invocation,
         plan: Plan,
         winner: Attempt,
         outcome: Outcome,
         scope: tuple[str, str],
-    ) -> web.StreamResponse:
+    ) -> None:
         """Copy the winner's answer to the caller as it arrives; keep it for Idempotency-Key."""
-        response = web.StreamResponse(status=winner.status)
+        headers = {}
         for name in PASS_HEADERS:
             value = winner.response.header(name)
             if value is not None:
-                response.headers[name] = value
-        response.headers["X-InferMesh-Target"] = winner.replica.node
-        response.headers["X-InferMesh-Strategy"] = plan.strategy
-        response.headers["X-InferMesh-Revision"] = plan.revision
+                headers[name] = value
+        headers["X-InferMesh-Target"] = winner.replica.node
+        headers["X-InferMesh-Strategy"] = plan.strategy
+        headers["X-InferMesh-Revision"] = plan.revision
         if inv.stream:
-            response.headers["Cache-Control"] = "no-cache"
+            headers["Cache-Control"] = "no-cache"
         keep: list[bytes] | None = [] if inv.idempotency_key else None
         events = 0
         completed = False
         try:
-            await response.prepare(request)
+            reply.start(winner.status, headers)
             chunk: bytes | None = winner.first
             rest = winner.rest()
             while chunk is not None:
-                await response.write(chunk)
+                await reply.write(chunk)
                 events += chunk.count(b"data:")
                 if keep is not None:
                     keep.append(chunk)
@@ -315,16 +302,16 @@ class RouterApp:
                     # After the first byte there is no retry: end the stream with an error event.
                     outcome.status = 502
                     tail = _stream_error(f"the runtime on {winner.replica.node} failed: {exc!s}")
-                    await response.write(tail)
-                    return response
-            await response.write_eof()
+                    await reply.write(tail)
+                    await reply.end()
+                    return
+            await reply.end()
             completed = True
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except ConnectionResetError:
             # The caller hung up mid-answer (a write failed): neither a runtime's failure nor
             # an error to log; 499 as nginx counts it, so the SLIs leave it out.
             outcome.status = 499
-            return response
-        except asyncio.CancelledError:  # the caller hung up and aiohttp cancelled the handler
+        except asyncio.CancelledError:  # the caller hung up and the ingress cancelled the handler
             outcome.status = 499
             raise
         finally:
@@ -332,13 +319,10 @@ class RouterApp:
             outcome.completion_tokens = max(0, events - 2) if inv.stream else 0
             if inv.idempotency_key:
                 if completed and keep is not None:
-                    stored = StoredResponse(
-                        winner.status, dict(response.headers), b"".join(keep), keep
-                    )
+                    stored = StoredResponse(winner.status, headers, b"".join(keep), keep)
                     self.service.idempotency.complete(scope, inv.idempotency_key, stored)
                 else:
                     self.service.idempotency.abandon(scope, inv.idempotency_key)
-        return response
 
 
 def _stream_error(message: str) -> bytes:
@@ -348,17 +332,11 @@ def _stream_error(message: str) -> bytes:
     )
 
 
-async def _replay(request: web.Request, stored: StoredResponse) -> web.StreamResponse:
-    response = web.StreamResponse(status=stored.status)
-    for name, value in stored.headers.items():
-        if name.lower() not in ("content-length", "transfer-encoding", "date", "server"):
-            response.headers[name] = value
-    response.headers["X-InferMesh-Idempotent-Replay"] = "true"
-    await response.prepare(request)
+async def _replay(reply: Reply, stored: StoredResponse) -> None:
+    reply.start(stored.status, {**stored.headers, "X-InferMesh-Idempotent-Replay": "true"})
     for chunk in stored.chunks or [stored.body]:
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+        await reply.write(chunk)
+    await reply.end()
 
 
 async def serve_router(
@@ -377,11 +355,9 @@ async def serve_router(
     await view.start()
     service = RouterService(view, settings)
     await service.start()
-    runner = web.AppRunner(RouterApp(service).app, handler_cancellation=True, access_log=None)
-    await runner.setup()
+    ingress = Ingress(RouterApp(service).routes, max_body_bytes=settings.max_body_bytes)
     sock = socket.create_server((host, port), reuse_port=False)
-    site = web.SockSite(runner, sock)
-    await site.start()
+    await ingress.start(sock)
     log.info("router listening on http://%s:%d", host, sock.getsockname()[1])
     shipping = None
     if api_url and token and service.session is not None:
@@ -401,6 +377,6 @@ async def serve_router(
         if shipping is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(shipping, 5)
-        await runner.cleanup()
+        await ingress.stop()
         await service.stop()
         await view.stop()
