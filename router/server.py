@@ -170,7 +170,7 @@ class RouterApp:
                 traceparent=request.header("traceparent"),
                 session=request.header("X-Session-Id"),
                 explain=request.header("X-InferMesh-Explain") in ("1", "true"),
-                fingerprint=fingerprint(raw),
+                fingerprint=fingerprint(raw) if request.header("Idempotency-Key") else "",
             )
             outcome = Outcome(project, name, "", "", tenant, 0, 0.0)
             if inv.explain:
@@ -232,7 +232,7 @@ class RouterApp:
             outcome.hedged = result.hedges_fired > 0
             outcome.hedge_won = winner.hedge
             outcome.status = winner.status
-            outcome.prompt_tokens = inv.prompt_tokens_estimate()
+            outcome.prompt_tokens = plan.ctx.prompt_tokens
             await self._relay(reply, inv, plan, winner, outcome, scope)
         finally:
             release()

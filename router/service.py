@@ -7,6 +7,7 @@ first-byte race over the plan's targets. The aiohttp handlers in server.py are t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -330,12 +331,19 @@ class RouterService:
             finally:
                 starting[slot] -= 1
             if opened.status < 400:
-                speed.first_byte(slot, opened.ttft_ms, queued, opened.first_at)
+                loop.call_soon(speed.first_byte, slot, opened.ttft_ms, queued, opened.first_at)
             return opened
 
+        loop = asyncio.get_running_loop()
         result = await race(
             attempt, plan.targets, max_retries=self.settings.max_retries, hedging=plan.hedging
         )
+        # What the answer teaches waits until its first byte has gone on to the caller: the
+        # handler writes it before it next waits, and only then does the loop run these.
+        loop.call_soon(self._learn, plan, result)
+        return result
+
+    def _learn(self, plan: Plan, result: RaceResult) -> None:
         now = time.monotonic()
         for failure in result.failures:
             self.breakers.record_failure(failure.replica.slot, now, len(plan.route.candidates))
@@ -349,7 +357,6 @@ class RouterService:
             hedges = self.signals.hedges
             hedges.labels(plan.ctx.endpoint, "fired").inc(result.hedges_fired)
             hedges.labels(plan.ctx.endpoint, "won" if winner.hedge else "wasted").inc()
-        return result
 
     # explain -----------------------------------------------------------------------------
     def explain(self, plan: Plan) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +16,7 @@ from infermesh.agent.sim.wan import DEFAULT_RTT_MS
 from infermesh.router.replica import Replica
 from infermesh.router.replica_speed import ReplicaSpeed
 from infermesh.router.strategies import CandidateSet, HybridMesh, LeastQueue
+from infermesh.router.strategies.hybrid import FEW_MAX
 from tests.test_router_strategies import EU, ctx, first_node, fleet, live_for, replica
 
 
@@ -212,3 +216,24 @@ def test_hybrid_ranks_the_best_first_in_a_large_fleet() -> None:
     assert d.explain is not None
     totals = [row["total"] for row in d.explain]
     assert [totals[i] for i in d.ranked[:5]] == sorted(totals)[:5]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hybrid_ranks_a_few_candidates_as_it_ranks_many(seed: int) -> None:
+    """Sets of up to FEW_MAX are scored in plain Python: the same score, the same order."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+    from router_decide import fresh_live, requests, synthetic_fleet
+
+    rng = random.Random(seed)
+    n = rng.randrange(1, FEW_MAX + 1)
+    cs, live = CandidateSet(synthetic_fleet(n, rng)), fresh_live(n, rng)
+    live.base_ttft_ms[: n // 2] = [rng.uniform(10, 300) for _ in range(n // 2)]
+    live.decode_ms[::2] = [rng.uniform(100, 3000) for _ in range(len(live.decode_ms[::2]))]
+    live.starting[:n] = [rng.randrange(3) for _ in range(n)]
+    if seed % 5 == 0:
+        live.ejected[:n] = True  # every one ejected: all still ranked
+    few, many = HybridMesh(seed=seed), HybridMesh(seed=seed)
+    many.few_max = 0
+    for request in requests(10, rng):
+        request = dataclasses.replace(request, relax_cost=rng.random() < 0.5)
+        assert few.decide(request, cs, live).ranked == many.decide(request, cs, live).ranked

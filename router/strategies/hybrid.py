@@ -74,6 +74,7 @@ _MAX_TOKENS_CACHE = 64  # max_tokens values remembered per (CandidateSet, params
 # A decision's jitter is a window into a per-set pool of draws, at a random offset: a fresh
 # draw of 1,000 numbers would cost 3 µs, a sixth of the decision.
 _POOL_OFFSETS = 1024
+FEW_MAX = 8  # candidate sets up to this size are scored in plain Python (`_decide_few`)
 _EPS = 1e-3  # keeps the KV term finite at a full cache (the cap applies anyway)
 
 
@@ -100,6 +101,21 @@ class _Prepared:
     assumed_decode_ms: dict[int, np.ndarray] = field(default_factory=dict)
     # origin -> (the OriginNetwork it was built from, fixed + network part)
     by_origin: dict[Location | None, tuple[OriginNetwork, np.ndarray]] = field(default_factory=dict)
+    few: _Few | None = None  # the same parts as Python lists, for sets of up to FEW_MAX
+
+
+@dataclass(slots=True)
+class _Few:
+    """A small set's parts as lists: over a handful of candidates a numpy operation costs more
+    than the arithmetic, and at low load each one also runs from cold caches."""
+
+    slots: list[int]
+    agent_load: list[float]
+    ttft_fallback: list[float]
+    noise: list[float]
+    cost: list[float]
+    ms_per_token: list[float]
+    by_origin: dict[Location | None, tuple[np.ndarray, list[float]]] = field(default_factory=dict)
 
 
 def _learnt_else(learnt: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -132,6 +148,8 @@ class HybridMesh(BuiltinStrategy):
         "seed": Param(None, integer=True),
     }
 
+    few_max = FEW_MAX  # tests set 0 to compare the two paths
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._net_penalty: float = self.params["net_penalty"]
@@ -149,6 +167,8 @@ class HybridMesh(BuiltinStrategy):
             if len(prep.by_origin) >= ORIGIN_CACHE_MAX:
                 prep.by_origin.clear()
             hit = prep.by_origin[ctx.origin] = (net, prep.fixed + net.rtt_ms * self._net_penalty)
+        if len(candidates) <= self.few_max and not ctx.explain:
+            return self._decide_few(ctx, candidates, live, prep, hit[1])
         assumed = prep.assumed_decode_ms.get(ctx.max_tokens)
         if assumed is None:
             if len(prep.assumed_decode_ms) >= _MAX_TOKENS_CACHE:
@@ -184,6 +204,63 @@ class HybridMesh(BuiltinStrategy):
             parts |= {"jitter_ms": noise * service, "ttft_ms": ttft}
             explain = self._explain(prep, net, parts, ejected, total)
         return Decision(ranked, self.name, explain=explain)
+
+    def _decide_few(
+        self,
+        ctx: RequestContext,
+        candidates: CandidateSet,
+        live: LiveState,
+        prep: _Prepared,
+        fixed_net: np.ndarray,
+    ) -> Decision:
+        """`decide` for a few candidates, in plain Python: the same score, term by term."""
+        few = prep.few
+        if few is None:
+            few = prep.few = _Few(
+                *(
+                    a.tolist()
+                    for a in (
+                        candidates.slots,
+                        candidates.agent_load,
+                        prep.ttft_fallback,
+                        prep.noise,
+                        prep.cost,
+                        prep.ms_per_token,
+                    )
+                )
+            )
+        cached = few.by_origin.get(ctx.origin)
+        if cached is None or cached[0] is not fixed_net:
+            cached = few.by_origin[ctx.origin] = (fixed_net, fixed_net.tolist())
+        fixed = cached[1]
+        base, decode, inflight, starting = (
+            live.base_ttft_ms,
+            live.decode_ms,
+            live.inflight,
+            live.starting,
+        )
+        offset = self._offsets.randrange(_POOL_OFFSETS)
+        less_slots, inv_slots, max_tokens = 1 - prep.slots, prep.inv_slots, ctx.max_tokens
+        relax = ctx.relax_cost
+        total = []
+        for i, slot in enumerate(few.slots):
+            ttft = base.item(slot)
+            if ttft != ttft:  # nan: nothing learnt
+                ttft = few.ttft_fallback[i]
+            service = decode.item(slot)
+            if service != service:
+                service = few.ms_per_token[i] * max_tokens
+            service = (service + ttft) * inv_slots
+            ahead = max(
+                max(inflight.item(slot), few.agent_load[i]) + less_slots, starting.item(slot)
+            )
+            score = (ahead + few.noise[offset + i]) * service + ttft + fixed[i]
+            total.append(score - few.cost[i] if relax else score)
+        ejected = [bool(live.ejected.item(slot)) for slot in few.slots]
+        order = sorted(range(len(total)), key=total.__getitem__)
+        if not all(ejected):
+            order = [i for i in order if not ejected[i]]
+        return Decision(tuple(order), self.name)
 
     def _prepare(self, candidates: CandidateSet) -> _Prepared:
         p = self.params
