@@ -254,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="overhead and throughput repeats (medians)")
     p.add_argument("--nodes", type=int, default=4, help="upstream nodes (ports) for overhead")
     p.add_argument("--strategy", default="hybrid_mesh@1.0", help="the overhead endpoint's")
-    p.add_argument("--router-loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--router-loop", choices=("uvloop", "asyncio"), default="uvloop")
     p.add_argument("--warmup", type=float, default=1.0, help="s before each measured window")
     p.add_argument("--c1-window", type=float, default=5.0, help="measured s at concurrency 1")
     p.add_argument(

@@ -182,19 +182,12 @@ class Mesh:
         self.apply([_obj("Endpoint", OVERHEAD_ENDPOINT, spec)])
 
     # our router ------------------------------------------------------------------------------
-    def start_router(self, loop: str = "asyncio") -> int:
-        """`infermesh router` on ROUTER_CORE, shipping its SLI series as `up` runs it. With
-        `loop` "uvloop" the same command runs on uvloop (installed as the loop policy first)."""
+    def start_router(self, loop: str = "uvloop") -> int:
+        """`infermesh router` on ROUTER_CORE, shipping its SLI series as `up` runs it, on the
+        event loop `loop` (`--event-loop`; uvloop is its default)."""
         port = free_port()
         args = ["router", *self.etcd_args(), "--port", str(port), "--name", "bench-router"]
-        argv = self.infermesh(ROUTER_CORE, *args)
-        if loop == "uvloop":
-            python = argv.index(sys.executable)
-            launcher = (
-                "import sys, uvloop; uvloop.install(); from infermesh.cli import main; "
-                "main(args=sys.argv[1:], prog_name='infermesh')"
-            )
-            argv[python + 1 : python + 3] = ["-c", launcher]
+        argv = self.infermesh(ROUTER_CORE, *args, "--event-loop", loop)
         self.router = self.child("router", argv)
         self.router.wait_for(http_ready(f"http://127.0.0.1:{port}/healthz"), 60)
         self.router_port = port

@@ -34,6 +34,13 @@ DEFAULT_PORT = 8090
 @click.option("--zone", help="The zone this router runs in.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=4.0, show_default=True)
 @click.option(
+    "--event-loop",
+    type=click.Choice(["uvloop", "asyncio"]),
+    default="uvloop",
+    show_default=True,
+    help="uvloop's C transports take ~0.1 ms less per request than asyncio's (bench/router.py).",
+)
+@click.option(
     "--ship-series/--no-ship-series",
     default=True,
     show_default=True,
@@ -52,6 +59,7 @@ def router(
     region: str | None,
     zone: str | None,
     max_body_mb: float,
+    event_loop: str,
     ship_series: bool,
 ) -> None:
     """Run the inference router: OpenAI-compatible routes and :invoke over the mesh's replicas."""
@@ -81,4 +89,10 @@ def router(
                 token=ctx.token,
             )
 
-    asyncio.run(run())
+    if event_loop == "uvloop":
+        import uvloop  # a dependency on Linux and macOS; imported only when chosen
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run())
+    else:
+        asyncio.run(run())
