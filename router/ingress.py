@@ -9,7 +9,7 @@ streamed answer goes out with its first chunk, in one write.
 
 Limits: request heads up to `MAX_HEAD_BYTES`, bodies up to `max_body_bytes` (413 before the body
 is read when Content-Length says so, and `Expect: 100-continue` answered only within it), idle
-keep-alive connections closed after `idle_timeout_s`.
+keep-alive connections (and requests that trickle in) closed after `idle_timeout_s`.
 """
 
 from __future__ import annotations
@@ -272,9 +272,6 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.url, self.headers, self.body, self.body_bytes, self.head_bytes = b"", {}, [], 0, 0
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -291,7 +288,12 @@ class _Connection(asyncio.Protocol):
         limit = self.ingress.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             self._refuse(_too_large(int(length), limit))
-        elif self.headers.get("expect", "").lower() == "100-continue" and self.transport:
+        elif (
+            self.headers.get("expect", "").lower() == "100-continue"
+            and self.transport is not None
+            and self.task
+            is None  # never into another answer's bytes (the caller waits, then sends)
+        ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -308,6 +310,9 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.idle is not None:  # armed until a whole request is in: a trickling one ends too
+            self.idle.cancel()
+            self.idle = None
         if self.refusal is not None:
             self._close()
             return

@@ -13,6 +13,7 @@ import pytest_asyncio
 from infermesh.router.ingress import MAX_HEAD_BYTES, Ingress, Reply, Request, Routes
 
 LIMIT = 1024
+IDLE_S = 1.0
 
 
 class App:
@@ -44,7 +45,7 @@ async def served() -> AsyncIterator[tuple[App, int]]:
     routes.add("POST", "/echo", app.echo)
     routes.add("POST", "/v1/endpoint/{name}:invoke", app.echo)
     routes.add("GET", "/stream", app.stream)
-    ingress = Ingress(routes, max_body_bytes=LIMIT)
+    ingress = Ingress(routes, max_body_bytes=LIMIT, idle_timeout_s=IDLE_S)
     sock = socket.create_server(("127.0.0.1", 0))
     await ingress.start(sock)
     yield app, sock.getsockname()[1]
@@ -161,3 +162,15 @@ async def test_connection_close_is_honoured(served: tuple[App, int]) -> None:
     status, headers, _ = await answer(reader)
     assert status == 200 and headers["connection"] == "close"
     assert await reader.read() == b""
+
+
+async def test_an_idle_connection_and_a_trickling_request_are_closed(
+    served: tuple[App, int],
+) -> None:
+    app, port = served
+    idle_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    for r in (idle_reader, reader):
+        assert await asyncio.wait_for(r.read(), IDLE_S * 10) == b""  # closed by the router
+    assert app.calls == []
