@@ -174,3 +174,35 @@ async def test_an_idle_connection_and_a_trickling_request_are_closed(
     for r in (idle_reader, reader):
         assert await asyncio.wait_for(r.read(), IDLE_S * 10) == b""  # closed by the router
     assert app.calls == []
+
+
+async def test_a_slow_reader_holds_the_writer_back_and_gets_every_byte() -> None:
+    piece, pieces = b"z" * 65536, 256  # 16 MiB: far past the socket buffers
+    written = []
+
+    async def big(_: Request, reply: Reply) -> None:
+        reply.start(200, {"Content-Type": "application/octet-stream"})
+        for i in range(pieces):
+            await reply.write(piece)  # waits while the caller's socket is full
+            written.append(i)
+        await reply.end()
+
+    routes = Routes()
+    routes.add("GET", "/big", big)
+    ingress = Ingress(routes, max_body_bytes=LIMIT)
+    sock = socket.create_server(("127.0.0.1", 0))
+    await ingress.start(sock)
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", sock.getsockname()[1], limit=1 << 25
+        )
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.5)
+        assert len(written) < pieces  # held back, not buffered whole in the router
+        writer.transport.resume_reading()  # type: ignore[attr-defined]
+        status, _, body = await answer(reader)
+        assert status == 200 and body == piece * pieces and len(written) == pieces
+        writer.close()
+    finally:
+        await ingress.stop(grace_s=0.1)
