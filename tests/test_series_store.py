@@ -13,7 +13,10 @@ import pytest
 from infermesh.sli import Histogram, SeriesBatch, SeriesBucket
 from infermesh.store import series_tiers
 from infermesh.store.series import SeriesStore, SliceKey
+from infermesh.store.series_read import WindowTotals
 from infermesh.store.series_schema import Tier
+from infermesh.store.slo.burn import SliSpec
+from infermesh.store.slo.reader import counts_of, read_timeline, timeline
 
 T0 = 1_700_000_000 // 3600 * 3600  # an hour boundary
 # Short keeps, so that a few simulated hours cross every tier: raw 15 min, 1-minute buckets
@@ -328,3 +331,34 @@ def test_good_events_under_a_threshold_round_down_to_a_bucket_bound() -> None:
     assert h.count_at_most(60, interpolate=True) == pytest.approx(4 + 2 * 10 / 25)
     assert h.count_at_most(1e9) == 8  # the +Inf bucket is never under a threshold
     assert h.count_at_most(0) == 0 and h.count_at_most(-1, interpolate=True) == 0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [SliSpec("availability", 99.5), SliSpec("latency", 99.0, threshold_ms=300)],
+    ids=["availability", "latency"],
+)
+def test_an_slo_timeline_summed_per_step_by_the_store_equals_one_summed_bucket_by_bucket(
+    stores: tuple[SeriesStore, SeriesStore], spec: SliSpec
+) -> None:
+    tiered, _ = stores
+    end = T0 + 6 * 3600
+    # Ranges over raw and every tier, starting off any step boundary, in chart and window steps.
+    for since, step, filters in (
+        (T0 + 7, 3600, {"endpoint": "chat"}),
+        (T0 + 95, 300, {"endpoint": "chat", "domain": "eu"}),
+        (end - 1203, 60, {"endpoint": "chat"}),
+        (end - 1203, 10, {"endpoint": "chat", "domain": "us"}),
+    ):
+        one_by_one = timeline(
+            (
+                (b.start, counts_of(WindowTotals(b.start, b.values)))
+                for b in tiered.buckets("p", since, end, filters)
+            ),
+            since,
+            end,
+            step,
+            spec,
+        )
+        assert one_by_one, (since, step)
+        assert read_timeline(tiered, "p", filters, since, end, step, spec) == one_by_one
