@@ -159,18 +159,19 @@ class RouterApp:
             endpoint = self.service.endpoint(project, name)
             self._authorize(principal, endpoint)
             tenant = self.view.tenant_of(project)
+            idempotency_key = request.header("Idempotency-Key")
             inv = Invocation(
                 endpoint=name,
                 project=project,
                 kind=kind,
                 body=body,
                 stream=read_stream(body),
-                idempotency_key=request.header("Idempotency-Key"),
+                idempotency_key=idempotency_key,
                 domain_hint=request.header("X-Domain-Hint"),
                 traceparent=request.header("traceparent"),
                 session=request.header("X-Session-Id"),
                 explain=request.header("X-InferMesh-Explain") in ("1", "true"),
-                fingerprint=fingerprint(raw) if request.header("Idempotency-Key") else "",
+                fingerprint=fingerprint(raw) if idempotency_key else "",  # only a key needs it
             )
             outcome = Outcome(project, name, "", "", tenant, 0, 0.0)
             if inv.explain:
