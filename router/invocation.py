@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from infermesh.errors import BadRequest, PayloadTooLarge
@@ -30,6 +30,7 @@ class Invocation:
     session: str | None = None
     explain: bool = False
     fingerprint: str = ""  # of the raw body, to tell a reused Idempotency-Key apart
+    _prompt: str | None = field(default=None, repr=False)  # prompt_text, built once
 
     @property
     def upstream_path(self) -> str:
@@ -41,6 +42,11 @@ class Invocation:
         return value if isinstance(value, int) and value > 0 else 16
 
     def prompt_text(self) -> str:
+        if self._prompt is None:
+            self._prompt = self._build_prompt_text()
+        return self._prompt
+
+    def _build_prompt_text(self) -> str:
         if self.kind == "completion":
             prompt = self.body.get("prompt")
             return prompt if isinstance(prompt, str) else json.dumps(prompt)[: PREFIX_CHARS * 4]

@@ -30,6 +30,7 @@ from infermesh.store.etcd import EtcdStore
 from infermesh.store.keys import CLUSTER_SCOPE, KeyLayout
 from infermesh.store.watch_cache import Change, WatchCache, decode_json, decode_resource
 
+TOKEN_KEYS_MAX = 4096  # tokens whose etcd key is remembered
 MAX_REPLICAS = 1 << 16  # slots in the live per-replica arrays; one per node ever seen
 # NVML throttle reasons that slow a GPU down (GpuIdle or application clocks are benign).
 SLOWDOWNS = frozenset(
@@ -62,6 +63,7 @@ class RouterView:
         self._caches["reports"] = WatchCache(store, keys.statuses("nodes"), decode_json)
         # The delivery controller's endpoint status: the degrade actions SLO rules switched on.
         self._caches["delivery"] = WatchCache(store, keys.statuses("endpoints"), decode_json)
+        self._token_keys: dict[str, str] = {}
         self.tokens: WatchCache[auth.Principal] = WatchCache(
             store, keys.tokens(), _decode_principal
         )
@@ -121,7 +123,14 @@ class RouterView:
         return record.spec.tenant if record is not None else "default"
 
     def principal(self, token: str) -> auth.Principal | None:
-        return self.tokens.get(self.keys.token(auth.token_hash(token)))
+        # The hash is remembered per token (it costs a SHA-256 per request); the token's record
+        # is looked up every time, so a revoked one stops at once.
+        key = self._token_keys.get(token)
+        if key is None:
+            if len(self._token_keys) >= TOKEN_KEYS_MAX:  # callers choose tokens: bound them
+                self._token_keys.clear()
+            key = self._token_keys[token] = self.keys.token(auth.token_hash(token))
+        return self.tokens.get(key)
 
     def strategies(self, project: str) -> dict[str, Strategy]:
         """The project's Strategy objects by name (built once per view change)."""

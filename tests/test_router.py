@@ -13,6 +13,9 @@ import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
+from infermesh.store.auth import token_hash
+from infermesh.store.etcd import EtcdStore
+from infermesh.store.keys import KeyLayout
 from tests.fixtures_api import ApiServer
 from tests.router_mesh import RouterMesh, metric, router_mesh
 
@@ -104,6 +107,21 @@ async def test_bad_input_gets_a_clear_error_and_reaches_no_runtime(mesh: RouterM
     bad_token = await mesh.chat(name, headers={"Authorization": "Bearer imt_nope"})
     assert bad_token.status_code == 401 and "invalid" in bad_token.json()["error"]["message"]
     assert [await mesh.finished(n.name) for n in mesh.fleet.nodes] == before
+
+
+async def test_a_revoked_token_is_refused_at_once(mesh: RouterMesh) -> None:
+    name = await mesh.endpoint()
+    minted = await mesh.client.create_token("revokee", ["viewer"], [mesh.project])
+    headers = {"Authorization": f"Bearer {minted['token']}"}
+    assert (await mesh.chat(name, headers=headers)).status_code == 200
+    async with EtcdStore(mesh.api.etcd.endpoints) as store:  # revoked: its record is gone
+        await store.delete(KeyLayout(mesh.api.prefix).token(token_hash(minted["token"])))
+    for _ in range(100):  # the router's view hears of it through its watch
+        answer = await mesh.chat(name, headers=headers)
+        if answer.status_code == 401:
+            break
+        await asyncio.sleep(0.05)
+    assert answer.status_code == 401 and "revoked" in answer.json()["error"]["message"]
 
 
 # candidates ------------------------------------------------------------------------------
