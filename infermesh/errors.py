@@ -50,6 +50,10 @@ class NotFound(MeshError):
     status, code = 404, "NotFound"
 
 
+class MethodNotAllowed(MeshError):
+    status, code = 405, "MethodNotAllowed"
+
+
 class Conflict(MeshError):
     status, code = 409, "Conflict"
 
@@ -90,6 +94,7 @@ _BY_CODE: dict[str, type[MeshError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
         Invalid,
@@ -106,6 +111,7 @@ _BY_STATUS: dict[int, type[MeshError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
         Invalid,

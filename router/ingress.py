@@ -25,7 +25,7 @@ from typing import Any
 
 import httptools
 
-from infermesh.errors import BadRequest, MeshError, NotFound, PayloadTooLarge
+from infermesh.errors import BadRequest, MeshError, MethodNotAllowed, NotFound, PayloadTooLarge
 
 MAX_HEAD_BYTES = 64 * 1024
 DRAIN_FACTOR = 4  # a refused body is read and dropped up to this many times the limit
@@ -58,11 +58,6 @@ class Request:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value is not None and value.isdigit() else None
 
 
 class Reply:
@@ -160,16 +155,11 @@ class Routes:
             raise NotFound(f"no route {request.method} {request.path}", {"path": request.path})
         handler = by_method.get(request.method)
         if handler is None:
-            raise _MethodNotAllowed(request.method, request.path, sorted(by_method))
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}",
+                {"allowed": sorted(by_method)},
+            )
         return handler
-
-
-class _MethodNotAllowed(MeshError):
-    status = 405
-    code = "MethodNotAllowed"
-
-    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
-        super().__init__(f"{method} is not allowed on {path}", {"allowed": allowed})
 
 
 class Ingress:
@@ -363,8 +353,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             if not reply.started:
-                error = {"error": {"code": "Internal", "message": "internal error", "details": {}}}
-                reply.send_json(500, error)
+                reply.send_json(500, MeshError("internal error").to_json())
         self.task = None
         if not reply.finished or not request.keep_alive:
             self._close()  # a cut-off stream must not look whole; or the caller asked

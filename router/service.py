@@ -303,6 +303,7 @@ class RouterService:
         key = f"{inv.project}/{plan.ctx.endpoint}"
         self.hedge_budget.record_request(key, time.monotonic())
         inflight, starting, speed = self.live.inflight, self.live.starting, self.speed
+        loop = asyncio.get_running_loop()
 
         def finished(attempt: Attempt) -> None:
             inflight[attempt.replica.slot] -= 1
@@ -334,7 +335,6 @@ class RouterService:
                 loop.call_soon(speed.first_byte, slot, opened.ttft_ms, queued, opened.first_at)
             return opened
 
-        loop = asyncio.get_running_loop()
         result = await race(
             attempt, plan.targets, max_retries=self.settings.max_retries, hedging=plan.hedging
         )
