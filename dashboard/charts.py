@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from infermesh.dashboard.slo_data import BUCKETS, NO_DATA
 
@@ -14,6 +15,21 @@ Span = tuple[pd.Timestamp, pd.Timestamp]
 BREACH_FILL = "rgba(214, 39, 40, 0.12)"
 THRESHOLD_COLOUR = "#d62728"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_GRID, _MUTED = "#e6eaf1", "#808495"
+_AXIS = {"gridcolor": _GRID, "linecolor": _GRID, "zerolinecolor": _GRID}
+_AXIS["tickfont"] = {"color": _MUTED}
+# Plotly's white template in Streamlit's font and colours, on the page's own background.
+TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout).update(
+    layout={
+        "font": {"family": '"Source Sans", sans-serif', "color": "#31333f"},
+        "title": {"font": {"weight": 600}},
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        "colorway": PALETTE,
+        "xaxis": _AXIS,
+        "yaxis": _AXIS,
+    }
+)
 
 
 def colours(keys: Sequence[str]) -> dict[str, str]:
@@ -23,6 +39,7 @@ def colours(keys: Sequence[str]) -> dict[str, str]:
 
 def _layout(fig: go.Figure, title: str, height: int = 300, y_title: str = "") -> go.Figure:
     fig.update_layout(
+        template=TEMPLATE,
         title={"text": title, "x": 0, "font": {"size": 15}},
         height=height,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -34,8 +51,25 @@ def _layout(fig: go.Figure, title: str, height: int = 300, y_title: str = "") ->
 
 
 def _breaches(fig: go.Figure, spans: Sequence[Span]) -> None:
-    for start, end in spans:
-        fig.add_vrect(x0=start, x1=end, fillcolor=BREACH_FILL, line_width=0, layer="below")
+    """Shaded spans behind the lines, set in one go (`add_vrect` per span re-validates every
+    shape so far: 9 spans took 40 ms)."""
+    shaded = [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": start,
+            "x1": end,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": BREACH_FILL,
+            "line": {"width": 0},
+            "layer": "below",
+        }
+        for start, end in spans
+    ]
+    if shaded:
+        fig.update_layout(shapes=[*fig.layout.shapes, *shaded])
 
 
 def time_chart(

@@ -10,12 +10,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from infermesh.dashboard.plot import chart as plot_chart
 from infermesh.dashboard.timerange import DEFAULT_RANGE, RANGES, TimeRange
 
 REFRESH = "dashboard.refresh_s"  # seconds between live refreshes; 0: off
 REFRESH_CHOICES = (0, 5, 10, 30, 60)
 DEFAULT_REFRESH = 10
-PLOTLY_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
 def refresh_seconds() -> int:
@@ -36,7 +36,7 @@ def pick_range(key: str, default: str = DEFAULT_RANGE) -> TimeRange:
 
 
 def plot(fig: go.Figure, key: str) -> None:
-    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+    plot_chart(fig, key)
 
 
 def table(frame: pd.DataFrame, key: str | None = None, **kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ confirmation, checked through the API afterwards."""
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from infermesh.dashboard import APP
+from infermesh.dashboard import APP, plot
 from infermesh.store.etcd_server import EmbeddedEtcd, free_port
 from tests.dashboard_mesh import BASELINE, CANARY, DemoMesh
 from tests.inprocess_api import InProcessApi
@@ -94,7 +95,14 @@ def frames(at: AppTest) -> list:
 
 
 def charts(at: AppTest) -> int:
-    return len(at.get("plotly_chart"))
+    """Plotly charts on the page: each a figure with traces, as assets/plot.js receives it."""
+    figures = [
+        json.loads(e.proto.bytes)
+        for e in at.get("bidi_component")
+        if e.proto.component_name == plot.COMPONENT
+    ]
+    assert all(f["data"] and "layout" in f for f in figures)
+    return len(figures)
 
 
 def has_button(at: AppTest, key: str) -> bool:

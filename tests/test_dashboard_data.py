@@ -4,21 +4,25 @@ dashboard` and `infermesh up` start Streamlit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly
+import plotly.graph_objects as go
 import pytest
 
 from infermesh.context import Context
 from infermesh.dashboard import (
-    APP,
+    SERVER,
     canary_data,
     charts,
     events_data,
     fleet_data,
     jobs_data,
     launch,
+    plot,
     series_data,
     slo_data,
 )
@@ -398,7 +402,7 @@ def test_destructive_actions_need_the_name_typed() -> None:
 
 def test_streamlit_runs_headless_on_loopback_without_telemetry_or_the_token_in_argv() -> None:
     argv = launch.streamlit_argv()
-    assert argv[1:5] == ["-m", "streamlit", "run", str(APP)] and Path(argv[4]).is_file()
+    assert argv[1:5] == ["-m", "streamlit", "run", str(SERVER)] and Path(argv[4]).is_file()
     flags = dict(zip(argv[5::2], argv[6::2], strict=True))
     assert flags["--server.address"] == "127.0.0.1"
     assert flags["--server.headless"] == "true"
@@ -423,3 +427,20 @@ def test_up_starts_the_dashboard_last_on_loopback(tmp_path: Path) -> None:
     assert token not in " ".join(last.argv) and last.env == {"INFERMESH_TOKEN": token}
     plan.dashboard_port = 0  # --no-dashboard
     assert "dashboard" not in [s.name for s in services(plan)]
+
+
+def test_charts_draw_with_the_plotly_js_that_plotly_py_writes_for() -> None:
+    # An upgrade of plotly.py fails here until assets/ holds the matching cartesian bundle
+    # (`make plotly-bundle`).
+    assert plotly.offline.get_plotlyjs_version() == plot.PLOTLY_JS_VERSION
+    head = plot.BUNDLE.read_text()[:200]
+    assert f"plotly.js (cartesian - minified) v{plot.PLOTLY_JS_VERSION}" in head
+    heatmap = charts.heatmap([[50.0, None]], [["n1", ""]], ["eu/h100"], "GPU util", unit="%")
+    figure = json.loads(plot.payload(heatmap, "fleet.util"))
+    assert figure["config"] == plot.CONFIG and figure["layout"]["uirevision"] == "fleet.util"
+
+
+def test_a_trace_the_bundle_cannot_draw_is_refused_by_name() -> None:
+    polar = go.Figure(go.Scatterpolar(r=[1, 2], theta=[0, 90]))
+    with pytest.raises(ValueError, match=r"cannot draw \['scatterpolar'\] traces"):
+        plot.payload(polar, "k")

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from infermesh.cli import main
+from infermesh.dashboard import plot
 from infermesh.store.etcd_server import free_port
 
 CHEATSHEET = Path(__file__).resolve().parent.parent / "examples" / "seed-cheatsheet.yaml"
@@ -140,6 +141,14 @@ def test_up_serves_the_cli_and_ctrl_c_stops_every_child(home: Path) -> None:
         dashboard = re.search(r"dashboard\s.*?(http://127\.0\.0\.1:\d+)", up.output())
         assert dashboard is not None, up.output()
         assert httpx.get(f"{dashboard[1]}/_stcore/health").text == "ok"
+        # every page's head has the browser fetch the charts' Plotly bundle early, served
+        # gzipped and cached for good (its name carries its version)
+        page = httpx.get(f"{dashboard[1]}/slo", headers={"Accept": "text/html"})
+        assert f'<link rel="preload" as="script" href="{plot.BUNDLE_URL}">' in page.text
+        bundle = httpx.get(f"{dashboard[1]}/{plot.BUNDLE_URL}")
+        assert bundle.content == plot.BUNDLE.read_bytes()
+        assert bundle.headers["content-encoding"] == "gzip"
+        assert "immutable" in bundle.headers["cache-control"]
         children = children_of(up.proc.pid)
         assert ctx["token"] not in up.output()  # the token is never printed
 

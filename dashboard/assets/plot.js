@@ -1,0 +1,41 @@
+// One Plotly chart of the dashboard (a Streamlit v2 component; plot.py mounts it). `data` is
+// the figure as plotly.py writes it, {data, layout, config}, in UTF-8 JSON. Plotly itself
+// comes from the page head (page_head.js, added by server.py), which starts loading it early.
+
+const plotly =
+  window.infermeshPlotly ??
+  (() => Promise.reject(new Error("no Plotly: serve the dashboard with `infermesh dashboard`")));
+
+export default function ({ data, parentElement }) {
+  performance.mark("render-chart");
+  let div = parentElement.querySelector(".infermesh-plot");
+  if (!div) {
+    div = document.createElement("div");
+    div.className = "infermesh-plot";
+    parentElement.appendChild(div);
+  }
+  const figure = JSON.parse(new TextDecoder().decode(data));
+  let current = true;
+  plotly().then(
+    (Plotly) => {
+      if (!current) return; // newer data came first
+      Plotly.react(div, figure);
+      performance.mark("drawn");
+      // Columns change width without the window resizing (the sidebar folds, say).
+      div.resizes ??= new ResizeObserver(() => div.isConnected && Plotly.Plots.resize(div));
+      div.resizes.observe(div);
+    },
+    (error) => {
+      div.textContent = `Chart not drawn: ${error.message}`;
+    },
+  );
+  return () => {
+    current = false;
+    // Called before each redraw and when the element goes: only then is the div detached.
+    setTimeout(() => {
+      if (div.isConnected) return;
+      div.resizes?.disconnect();
+      window.Plotly?.purge(div);
+    });
+  };
+}

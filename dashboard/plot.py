@@ -1,0 +1,51 @@
+"""Plotly charts on the dashboard's pages, drawn by our own Streamlit component (assets/plot.js)
+with plotly.js's cartesian bundle (assets/, served and loaded early by server.py) instead of
+`st.plotly_chart`, which loads all of plotly.js: see server.py for why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import streamlit as st
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+PLOTLY_JS_VERSION = "4.1.1"  # the plotly.js that plotly.py writes figures for (tested)
+BUNDLE = ASSETS / f"plotly-cartesian-{PLOTLY_JS_VERSION}.min.js"
+BUNDLE_URL = f"_infermesh/{BUNDLE.name}"  # relative: resolves under any base URL path
+COMPONENT = "infermesh_plot"
+# The trace types the cartesian bundle draws (its README); others would draw nothing.
+TRACES = frozenset(
+    {
+        *("bar", "box", "contour", "heatmap", "histogram", "histogram2d", "histogram2dcontour"),
+        *("image", "pie", "scatter", "scatterternary", "violin"),
+    }
+)
+CONFIG = {
+    "displaylogo": False,
+    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+    "responsive": True,
+}
+
+_component = st.components.v2.component(
+    COMPONENT, js=(ASSETS / "plot.js").read_text(), isolate_styles=False
+)
+
+
+def payload(fig: go.Figure, key: str) -> bytes:
+    """The figure as plotly.js takes it, with the chart's config; `uirevision` keeps what the
+    user zoomed or hid across live refreshes of the same chart."""
+    drawn = {trace.type for trace in fig.data}
+    if not drawn <= TRACES:
+        raise ValueError(
+            f"the dashboard's Plotly bundle cannot draw {sorted(drawn - TRACES)} traces; "
+            f"it draws {', '.join(sorted(TRACES))}"
+        )
+    figure = fig.to_dict()
+    figure["layout"].setdefault("uirevision", key)
+    return pio.json.to_json_plotly({**figure, "config": CONFIG}).encode()
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    _component(key=key, data=payload(fig, key))
