@@ -9,6 +9,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -94,6 +95,11 @@ def frames(at: AppTest) -> list:
     return [d.value for d in at.dataframe]
 
 
+def frame_with(at: AppTest, column: str) -> Any:
+    """The page's first table with that column."""
+    return next(f for f in frames(at) if column in f)
+
+
 def charts(at: AppTest) -> int:
     """Plotly charts on the page: each a figure with traces, as assets/plot.js receives it."""
     figures = [
@@ -138,7 +144,7 @@ def test_every_page_shows_the_demo_mesh(demo: DemoMesh, app: App) -> None:
     assert rules.set_index("Rule").loc["page-1h-5m", "State"] == "firing"
 
     at.switch_page("views/canary.py").run()
-    endpoints, totals = frames(at)[0], frames(at)[1]
+    endpoints, totals = frame_with(at, "Endpoint"), frame_with(at, "revision")
     assert "chat-70b@fp8=10%" in endpoints.set_index("Endpoint").loc["chat-pro", "Split"]
     assert list(totals["revision"]) == [BASELINE, CANARY]  # the baseline first
     assert totals.set_index("revision").loc[CANARY, "Error ratio %"] > 40
@@ -237,7 +243,7 @@ def test_the_canary_page_follows_the_rollout_controller(fresh: DemoMesh, app: Ap
     at = app(fresh, "canary")
     assert "**Rollout :" in texts(at) and f"[{rollout['phase']}]**" in texts(at)
     assert f"canary {rollout['canary']} at {rollout['weight']}%" in texts(at)
-    endpoints = frames(at)[0].set_index("Endpoint")
+    endpoints = frame_with(at, "Endpoint").set_index("Endpoint")
     assert endpoints.loc["chat-pro", "Rollout"] == rollout["phase"]
 
 
@@ -269,7 +275,7 @@ def test_rollback_waits_for_the_endpoint_name(fresh: DemoMesh, app: App) -> None
     confirm(at, "chat-pro")
     assert split_of(fresh) == []
     assert any("rolled back: all traffic to chat-70b@q4_k_m" in s.value for s in at.success)
-    assert frames(at)[0].set_index("Endpoint").loc["chat-pro", "Split"] == "all to model"
+    assert frame_with(at, "Endpoint").set_index("Endpoint").loc["chat-pro", "Split"] == "all to model"
 
     at.switch_page("views/events.py").run()  # recorded: the API's event and this session's log
     events = frames(at)[0]

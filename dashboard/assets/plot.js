@@ -6,8 +6,17 @@ const plotly =
   window.infermeshPlotly ??
   (() => Promise.reject(new Error("no Plotly: serve the dashboard with `infermesh dashboard`")));
 
+// The page's charts draw one per frame, in the order they came: the first shows (and the page
+// answers input) without waiting for every other chart to be drawn.
+function drawn(loaded) {
+  const turn = (window.infermeshCharts ?? Promise.resolve())
+    .then(() => loaded)
+    .then((Plotly) => new Promise((resolve) => requestAnimationFrame(() => resolve(Plotly))));
+  window.infermeshCharts = turn.catch(() => undefined);
+  return turn;
+}
+
 export default function ({ data, parentElement }) {
-  performance.mark("render-chart");
   let div = parentElement.querySelector(".infermesh-plot");
   if (!div) {
     div = document.createElement("div");
@@ -16,11 +25,10 @@ export default function ({ data, parentElement }) {
   }
   const figure = JSON.parse(new TextDecoder().decode(data));
   let current = true;
-  plotly().then(
+  drawn(plotly()).then(
     (Plotly) => {
       if (!current) return; // newer data came first
       Plotly.react(div, figure);
-      performance.mark("drawn");
       // Columns change width without the window resizing (the sidebar folds, say).
       div.resizes ??= new ResizeObserver(() => div.isConnected && Plotly.Plots.resize(div));
       div.resizes.observe(div);

@@ -44,8 +44,18 @@ def render(name: str, policies: list[dict[str, Any]], rng: TimeRange) -> None:
     with left:
         widgets.plot(charts.split_chart(revs), key="canary.split")
     with right:
-        _rollout(canary_data.rollout(ep, policies))
+        plan = canary_data.rollout(ep, policies)
+        _rollout(plan)
+        comparison = st.empty()  # filled after the charts: they draw before a table's code loads
+    _revision_charts(name, revs, rng)
+    if plan is not None and plan.comparison:
+        with comparison.container():
+            widgets.table(canary_data.comparison_frame(plan.comparison), key="canary.compare")
 
+
+def _revision_charts(name: str, revs: list[tuple[str, int, str]], rng: TimeRange) -> None:
+    """Each revision's SLIs side by side, and their totals."""
+    client = session.client()
     answer = session.fetch(
         "the per-revision series",
         client.series,
@@ -109,8 +119,6 @@ def _rollout(plan: canary_data.Rollout | None) -> None:
             widgets.plot(charts.rollout_chart(plan.steps, position, plan.weight), key="canary.plan")
         if plan.verdict or plan.reason:
             st.info(f"Verdict: **{plan.verdict or '–'}**. {plan.reason or ''}")
-        if plan.comparison:
-            widgets.table(canary_data.comparison_frame(plan.comparison), key="canary.compare")
     else:
         st.markdown(
             f"**Rollout plan** of Policy `{plan.policy}`; no rollout controller reports one"
@@ -218,7 +226,6 @@ if endpoints is not None and not endpoints:
         "`mesh endpoint traffic-split NAME REV=WEIGHT...` starts a canary.",
     )
 elif endpoints:
-    widgets.table(canary_data.endpoints_frame(endpoints), key="canary.endpoints")
     names = [canary_data.name_of(e) for e in sorted(endpoints, key=canary_data.name_of)]
     with_canary = [canary_data.name_of(e) for e in endpoints if canary_data.canaries(e)]
     top = st.columns([2, 3])
@@ -233,3 +240,6 @@ elif endpoints:
     widgets.live(render, chosen, policies, picked)
     endpoint = next(e for e in endpoints if canary_data.name_of(e) == chosen)
     actions(endpoint)
+    # Last: the page's charts draw before the table widget's code loads (docs/dashboard.md).
+    st.markdown("#### All endpoints")
+    widgets.table(canary_data.endpoints_frame(endpoints), key="canary.endpoints")

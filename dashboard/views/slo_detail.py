@@ -59,7 +59,7 @@ def render(name: str, rng: TimeRange) -> None:
         )
     )
     left, right = st.columns(2)
-    burndown = left.empty()  # filled last: its window's read is the slow one
+    burndown = left.empty()  # filled after the charts beside and below: its read is the slowest
     if points.empty and metrics.empty:
         with right:
             widgets.empty(
@@ -71,6 +71,8 @@ def render(name: str, rng: TimeRange) -> None:
         with right:
             _sli_chart(rng, points, spans, lines)
         _charts(metrics, spans, lines)
+    with burndown.container():
+        _burndown(slo, name)
 
     st.markdown("#### Multi-window burn-rate alerts")
     rules = slo_data.burn_rules(slo)
@@ -87,8 +89,6 @@ def render(name: str, rng: TimeRange) -> None:
         with st.expander(f"Recent events ({len(events)})"):
             for e in events:
                 st.markdown(f"`{e.get('time')}` **{e.get('reason')}** {e.get('message')}")
-    with burndown.container():
-        _burndown(slo, name)
 
 
 def _burndown(slo: dict[str, Any], name: str) -> None:
