@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-router bench-peers clean
+.PHONY: run test lint bench bench-router bench-peers plotly-bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,15 @@ bench-peers: $(STAMP) $(PEERS_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The dashboard charts' plotly.js (dashboard/assets/): built from the plotly.js that plotly.py
+# writes figures for, from npm, with its trace types only. Run after upgrading plotly (a test
+# says when).
+plotly-bundle: $(STAMP)
+	version=$$($(BIN)/python -c 'import plotly.offline as o; print(o.get_plotlyjs_version())') && \
+	tmp=$$(mktemp -d) && \
+	npm install --silent --no-audit --no-fund --prefix $$tmp plotly.js@$$version \
+		esbuild@0.28.2 esbuild-plugin-inline-css@0.0.1 esbuild-plugin-environment@0.5.0 && \
+	rm -f dashboard/assets/plotly-dashboard-*.min.js && \
+	NODE_PATH=$$tmp/node_modules node dashboard/assets/build/build.js $$version && \
+	rm -rf $$tmp

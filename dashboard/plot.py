@@ -1,6 +1,6 @@
 """Plotly charts on the dashboard's pages, drawn by our own Streamlit component (assets/plot.js)
-with plotly.js's cartesian bundle (assets/, served and loaded early by server.py) instead of
-`st.plotly_chart`, which loads all of plotly.js: see server.py for why."""
+with a plotly.js of the three trace types the charts use (assets/, served and loaded early by
+server.py) instead of `st.plotly_chart`, which loads all of plotly.js: see server.py for why."""
 
 from __future__ import annotations
 
@@ -11,17 +11,13 @@ import plotly.io as pio
 import streamlit as st
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-PLOTLY_JS_VERSION = "4.1.1"  # the plotly.js that plotly.py writes figures for (tested)
-BUNDLE = ASSETS / f"plotly-cartesian-{PLOTLY_JS_VERSION}.min.js"
+# `make plotly-bundle` puts the one matching plotly.py there (tests/test_dashboard_data.py).
+BUNDLE = next(ASSETS.glob("plotly-dashboard-*.min.js"))
+PLOTLY_JS_VERSION = BUNDLE.name.removeprefix("plotly-dashboard-").removesuffix(".min.js")
 BUNDLE_URL = f"_infermesh/{BUNDLE.name}"  # relative: resolves under any base URL path
 COMPONENT = "infermesh_plot"
-# The trace types the cartesian bundle draws (its README); others would draw nothing.
-TRACES = frozenset(
-    {
-        *("bar", "box", "contour", "heatmap", "histogram", "histogram2d", "histogram2dcontour"),
-        *("image", "pie", "scatter", "scatterternary", "violin"),
-    }
-)
+# The trace types the bundle draws (assets/build/entry.js); others would draw nothing.
+TRACES = frozenset({"scatter", "bar", "heatmap"})
 CONFIG = {
     "displaylogo": False,
     "modeBarButtonsToRemove": ["lasso2d", "select2d"],

@@ -4,8 +4,9 @@ browser fetch it while Streamlit starts.
 
 Why our own bundle: Streamlit's `st.plotly_chart` loads all of plotly.js (4.7 MB, every trace
 type) when a page first shows a chart, and evaluating it was the largest single cost of opening
-a page; the dashboard draws only cartesian traces (scatter, bar, heatmap), whose bundle is a
-third of that and evaluates in a third of the time (docs/dashboard.md, "Page load")."""
+a page; the dashboard draws scatter, bar and heatmap traces only, and plotly.js built with just
+those (assets/build/) is a quarter of that and evaluates in a fifth of the time
+(docs/dashboard.md, "How it is built")."""
 
 from __future__ import annotations
 

@@ -275,7 +275,8 @@ def test_rollback_waits_for_the_endpoint_name(fresh: DemoMesh, app: App) -> None
     confirm(at, "chat-pro")
     assert split_of(fresh) == []
     assert any("rolled back: all traffic to chat-70b@q4_k_m" in s.value for s in at.success)
-    assert frame_with(at, "Endpoint").set_index("Endpoint").loc["chat-pro", "Split"] == "all to model"
+    endpoints = frame_with(at, "Endpoint").set_index("Endpoint")
+    assert endpoints.loc["chat-pro", "Split"] == "all to model"
 
     at.switch_page("views/events.py").run()  # recorded: the API's event and this session's log
     events = frames(at)[0]
