@@ -1,6 +1,7 @@
 """Plotly charts on the dashboard's pages, drawn by our own Streamlit component (assets/plot.js)
 with a plotly.js of the three trace types the charts use (assets/, served and loaded early by
-server.py) instead of `st.plotly_chart`, which loads all of plotly.js: see server.py for why."""
+page_head.py) instead of `st.plotly_chart`, which loads all of plotly.js: see page_head.py for
+why."""
 
 from __future__ import annotations
 
@@ -18,11 +19,7 @@ BUNDLE_URL = f"_infermesh/{BUNDLE.name}"  # relative: resolves under any base UR
 COMPONENT = "infermesh_plot"
 # The trace types the bundle draws (assets/build/entry.js); others would draw nothing.
 TRACES = frozenset({"scatter", "bar", "heatmap"})
-CONFIG = {
-    "displaylogo": False,
-    "modeBarButtonsToRemove": ["lasso2d", "select2d"],
-    "responsive": True,
-}
+CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 _component = st.components.v2.component(
     COMPONENT, js=(ASSETS / "plot.js").read_text(), isolate_styles=False

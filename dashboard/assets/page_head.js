@@ -1,4 +1,4 @@
-// Inlined into every page's <head> by server.py, ahead of Streamlit's own scripts, after
+// Inlined into every page's <head> by page_head.py, ahead of Streamlit's own scripts, after
 // `const HEAD = {bundle, served}` (served: the page's path as the server saw it, less any
 // server.baseUrlPath) and beside a <link rel="preload"> of the bundle.
 

@@ -1,6 +1,6 @@
 // One Plotly chart of the dashboard (a Streamlit v2 component; plot.py mounts it). `data` is
 // the figure as plotly.py writes it, {data, layout, config}, in UTF-8 JSON. Plotly itself
-// comes from the page head (page_head.js, added by server.py), which starts loading it early.
+// comes from the page head (page_head.py), which starts loading it early.
 
 const plotly =
   window.infermeshPlotly ??
@@ -29,9 +29,16 @@ export default function ({ data, parentElement }) {
     (Plotly) => {
       if (!current) return; // newer data came first
       Plotly.react(div, figure);
-      // Columns change width without the window resizing (the sidebar folds, say).
-      div.resizes ??= new ResizeObserver(() => div.isConnected && Plotly.Plots.resize(div));
-      div.resizes.observe(div);
+      // Columns change width with the window and without it (the sidebar folds, say).
+      if (!div.resizes) {
+        let width = div.clientWidth;
+        div.resizes = new ResizeObserver(() => {
+          if (!div.isConnected || div.clientWidth === width) return;
+          width = div.clientWidth;
+          Plotly.Plots.resize(div);
+        });
+        div.resizes.observe(div);
+      }
     },
     (error) => {
       div.textContent = `Chart not drawn: ${error.message}`;
