@@ -16,8 +16,12 @@ BREACH_FILL = "rgba(214, 39, 40, 0.12)"
 THRESHOLD_COLOUR = "#d62728"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _GRID, _MUTED = "#e6eaf1", "#808495"
-_AXIS = {"gridcolor": _GRID, "linecolor": _GRID, "zerolinecolor": _GRID}
-_AXIS["tickfont"] = {"color": _MUTED}
+_AXIS = {
+    "gridcolor": _GRID,
+    "linecolor": _GRID,
+    "zerolinecolor": _GRID,
+    "tickfont": {"color": _MUTED},
+}
 # Plotly's white template in Streamlit's font and colours, on the page's own background.
 TEMPLATE = go.layout.Template(layout=pio.templates["plotly_white"].layout).update(
     layout={
