@@ -377,6 +377,9 @@ class Streaming:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "INFERMESH_HOME": "/nonexistent"},
+            # Ctrl-C as in a terminal, even when the suite runs as a background job (which
+            # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
