@@ -21,7 +21,7 @@ COMPONENT = "infermesh_plot"
 TRACES = frozenset({"scatter", "bar", "heatmap"})
 CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
-_component = st.components.v2.component(
+component = st.components.v2.component(
     COMPONENT, js=(ASSETS / "plot.js").read_text(), isolate_styles=False
 )
 
@@ -38,7 +38,3 @@ def payload(fig: go.Figure, key: str) -> bytes:
     figure = fig.to_dict()
     figure["layout"].setdefault("uirevision", key)
     return pio.json.to_json_plotly({**figure, "config": CONFIG}).encode()
-
-
-def chart(fig: go.Figure, key: str) -> None:
-    _component(key=key, data=payload(fig, key))

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from infermesh.dashboard.plot import chart as plot_chart
+from infermesh.dashboard import plot as charts_plot
 from infermesh.dashboard.timerange import DEFAULT_RANGE, RANGES, TimeRange
 
 REFRESH = "dashboard.refresh_s"  # seconds between live refreshes; 0: off
@@ -36,7 +36,8 @@ def pick_range(key: str, default: str = DEFAULT_RANGE) -> TimeRange:
 
 
 def plot(fig: go.Figure, key: str) -> None:
-    plot_chart(fig, key)
+    """A Plotly chart, drawn by the dashboard's own component (plot.py)."""
+    charts_plot.component(key=key, data=charts_plot.payload(fig, key))
 
 
 def table(frame: pd.DataFrame, key: str | None = None, **kwargs: Any) -> Any:
